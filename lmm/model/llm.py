@@ -1,0 +1,70 @@
+"""The language model: any transformers causal LM with its tokenizer and chat template.
+
+The LLM owns its facts: the tokenizer, the chat template (a wrong template silently ruins scores,
+so it is configured here and never guessed from a model name) and its decoder-layer class.
+"""
+from __future__ import annotations
+
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmm.data.templates import ChatTemplate
+from lmm.model.hf import hf_config_from_dict
+from lmm.model.spec import build, spec_target
+
+
+class LanguageModel(nn.Module):
+    def __init__(
+        self,
+        tokenizer: str,
+        template: ChatTemplate | dict,  # a template object or its spec
+        pretrained: str | None = None,
+        hf_config: dict | None = None,
+    ):
+        super().__init__()
+        if (pretrained is None) == (hf_config is None):
+            raise ValueError("give exactly one of `pretrained` (path or hub id) and `hf_config` (architecture dict)")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if self.tokenizer.pad_token_id is None:
+            # Padding is masked out of attention and loss, so any existing token serves.
+            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        if pretrained is not None:
+            self.model = AutoModelForCausalLM.from_pretrained(pretrained)
+        else:
+            self.model = AutoModelForCausalLM.from_config(hf_config_from_dict(self._derive(hf_config)))
+        if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM embeds only "
+                             f"{self.model.get_input_embeddings().num_embeddings}")
+        self.template = template if hasattr(template, "render") else build(template)
+        self.pretrained = pretrained
+
+    def _derive(self, hf_config: dict) -> dict:
+        """Vocabulary size and special ids come from the tokenizer, not from the config file."""
+        cfg = dict(hf_config)
+        given = cfg.get("vocab_size")
+        if given is not None and given < len(self.tokenizer):
+            raise ValueError(f"hf_config.vocab_size={given} is smaller than the tokenizer ({len(self.tokenizer)} tokens)")
+        cfg.setdefault("vocab_size", len(self.tokenizer))
+        for name in ("bos", "eos", "pad"):
+            cfg[f"{name}_token_id"] = getattr(self.tokenizer, f"{name}_token_id")
+        return cfg
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def decoder_layer_class(self) -> type:
+        return type(self.model.base_model.layers[0])
+
+    def embed(self, input_ids):
+        return self.model.get_input_embeddings()(input_ids)
+
+    def spec(self) -> dict:
+        """Rebuilds the architecture with no download; the tokenizer is saved beside the weights."""
+        return {
+            "_target_": spec_target(self),
+            "hf_config": self.model.config.to_dict(),
+            "template": self.template.spec(),
+            "tokenizer": "tokenizer",
+        }

@@ -1,0 +1,129 @@
+"""Vision encoder over a transformers CLIP / SigLIP vision tower.
+
+Features come from one hidden layer (LLaVA: the second to last). The tower is cut right after
+that layer: the layers past it would cost compute and, having no gradient, stop DDP with
+"parameters that were not used". CLIP's CLS token is dropped by default; SigLIP has none, so all
+its patch tokens are kept (an earlier TinyLLaVA implementation dropped a real patch here).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from lmm.data.transforms import ImageTransform
+from lmm.model.hf import hf_config_from_dict
+from lmm.model.spec import spec_target
+
+# Normalisation used when neither the config nor a saved image processor gives one.
+DEFAULT_NORMALISATION = {
+    "clip_vision_model": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "siglip_vision_model": (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
+}
+
+
+def _vision_config(config):
+    """The vision part of a config: a full CLIP/SigLIP checkpoint nests it in `vision_config`."""
+    return getattr(config, "vision_config", None) or config
+
+
+class HFVisionEncoder(nn.Module):
+    """CLIP/SigLIP vision tower from a local path / hub id (`pretrained`) or a config dict (`hf_config`)."""
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        hf_config: dict | None = None,
+        feature_layer: int = -2,
+        feature_select: Literal["patch", "cls_patch"] = "patch",
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+        pad_to_square: bool = True,
+    ):
+        super().__init__()
+        if (pretrained is None) == (hf_config is None):
+            raise ValueError("give exactly one of `pretrained` (path or hub id) and `hf_config` (architecture dict)")
+        if feature_select not in ("patch", "cls_patch"):
+            raise ValueError(f"unknown feature_select {feature_select!r}; valid: ['cls_patch', 'patch']")
+        if pretrained is not None:
+            config = _vision_config(AutoConfig.from_pretrained(pretrained))
+            tower = AutoModel.from_pretrained(pretrained, config=config)
+            mean, std = self._processor_normalisation(pretrained)
+            image_mean, image_std = image_mean or mean, image_std or std
+        else:
+            config = hf_config_from_dict(hf_config)
+            tower = AutoModel.from_config(config)
+        self.hf_config = config.to_dict()  # the full tower, before cutting: enough to rebuild it
+        if image_mean is None or image_std is None:
+            if config.model_type not in DEFAULT_NORMALISATION:
+                raise ValueError(f"no default normalisation for {config.model_type!r}: set image_mean and image_std")
+            image_mean, image_std = DEFAULT_NORMALISATION[config.model_type]
+        self.feature_layer = feature_layer
+        self.feature_select = feature_select
+        self.has_cls = hasattr(tower.embeddings, "class_embedding")
+        if feature_select == "cls_patch" and not self.has_cls:
+            raise ValueError(f"feature_select='cls_patch' but {type(tower).__name__} has no CLS token")
+        self.tower = self._cut_after_feature_layer(tower, feature_layer)
+        self.block_class = type(self.tower.encoder.layers[0])
+        self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square)
+        self.pretrained = pretrained
+
+    @staticmethod
+    def _processor_normalisation(path: str):
+        try:
+            processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError):
+            return None, None  # no preprocessor_config.json: fall back to the model type's default
+        return getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+
+    @staticmethod
+    def _cut_after_feature_layer(tower: nn.Module, feature_layer: int) -> nn.Module:
+        n = len(tower.encoder.layers)
+        # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k.
+        keep = n + 1 + feature_layer if feature_layer < 0 else feature_layer
+        if not 1 <= keep <= n:
+            raise ValueError(f"feature_layer={feature_layer} selects no encoder layer of a {n}-layer tower "
+                             f"(valid: 1..{n} or -{n}..-1)")
+        tower.encoder.layers = tower.encoder.layers[:keep]
+        tower.config.num_hidden_layers = keep
+        # The final norm and SigLIP's pooling head sit after the selected layer: unused.
+        tower.post_layernorm = nn.Identity()
+        if getattr(tower, "use_head", False):
+            tower.use_head = False
+            del tower.head
+        return tower
+
+    @property
+    def hidden_size(self) -> int:
+        return self.tower.config.hidden_size
+
+    @property
+    def num_patches(self) -> int:
+        return (self.tower.config.image_size // self.tower.config.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens per image."""
+        return self.num_patches + int(self.feature_select == "cls_patch")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_tokens, hidden_size)."""
+        dtype = self.tower.embeddings.patch_embedding.weight.dtype
+        features = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        if self.has_cls and self.feature_select == "patch":
+            features = features[:, 1:]
+        return features
+
+    def spec(self) -> dict:
+        return {
+            "_target_": spec_target(self),
+            "hf_config": self.hf_config,
+            "feature_layer": self.feature_layer,
+            "feature_select": self.feature_select,
+            "image_mean": list(self.transform.mean),
+            "image_std": list(self.transform.std),
+            "pad_to_square": self.transform.pad_to_square,
+        }

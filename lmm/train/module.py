@@ -1,0 +1,36 @@
+"""The LightningModule: builds the LMM from configs, applies the stage's tuning, trains it."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning as L
+
+from lmm.model.lmm import LMM
+from lmm.model.spec import to_plain
+from lmm.train.optim import build_optimizer
+from lmm.train.tuning import apply_tuning
+
+
+class LMMTrainModule(L.LightningModule):
+    """`model`: {vision, connector, llm} component specs; `tune`: a mode per module; `optim`: the
+    keyword arguments of `build_optimizer`. All primitives, saved as hyper-parameters, so
+    `LMMTrainModule.load_from_checkpoint(path)` works with no other argument."""
+
+    def __init__(self, model: Mapping, tune: Mapping, optim: Mapping):
+        super().__init__()
+        self.save_hyperparameters({"model": to_plain(model), "tune": to_plain(tune), "optim": to_plain(optim)})
+        self.model = LMM(**self.hparams.model)
+        self.trainable = apply_tuning(self.model, self.hparams.tune)
+
+    def training_step(self, batch, batch_idx):
+        if batch["num_samples"] == 0:  # every record of the batch was skipped (counted by SkipMonitor)
+            return None
+        out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["num_samples"])
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return out.loss
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(self.parameters(), int(self.trainer.estimated_stepping_batches),
+                                               **self.hparams.optim)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
