@@ -91,10 +91,10 @@ class LMM(nn.Module):
         """New token ids (B, <= max_new_tokens), KV-cached; prompts may be padded on either side."""
         s = self._splice(input_ids, pixel_values, attention_mask, None, "left")
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-        return self.llm.model.generate(
-            inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            use_cache=True, **sampling, **kwargs)
+        options = {"eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
+                   "use_cache": True, **sampling, **kwargs}
+        return self.llm.model.generate(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                                       max_new_tokens=max_new_tokens, **options)
 
     def prompt_ids(self, text: str, n_images: int = 0) -> torch.Tensor:
         """Token ids of a single-turn chat prompt ending where the assistant's answer starts."""

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tokenizer trained locally and tiny random-initialised component specs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmm.data.tokenizer_build import train_bpe_tokenizer
+
+CORPUS = [
+    "what color is the shape? blue", "what shape is in the image? a red circle", "is there a triangle? yes no",
+    "USER: ASSISTANT: describe the picture in detail", "[INST] <<SYS>> <</SYS>> [/INST]", "A green rectangle.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_bpe_tokenizer(CORPUS * 20, path, vocab_size=300)
+    return str(path)
+
+
+def vision_spec(kind: str = "siglip", image_size: int = 32, patch_size: int = 8, layers: int = 3, **kw) -> dict:
+    return {
+        "_target_": "lmm.model.vision.HFVisionEncoder",
+        "hf_config": {"model_type": f"{kind}_vision_model", "image_size": image_size, "patch_size": patch_size,
+                      "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": layers,
+                      "num_attention_heads": 2},
+        **kw,
+    }
+
+
+def llm_spec(tokenizer_dir: str, template: str = "vicuna", **hf) -> dict:
+    return {
+        "_target_": "lmm.model.llm.LanguageModel",
+        "tokenizer": tokenizer_dir,
+        "template": {"_target_": f"lmm.data.templates.{template}"},
+        "hf_config": {"model_type": "llama", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, **hf},
+    }
+
+
+MLP2X_GELU = {"_target_": "lmm.model.connector.MLPConnector", "depth": 2, "act": "gelu"}
+
+
+@pytest.fixture
+def tiny_specs(tokenizer_dir) -> dict:
+    return {"vision": vision_spec(), "connector": dict(MLP2X_GELU), "llm": llm_spec(tokenizer_dir)}
+
+
+@pytest.fixture
+def tiny_lmm(tiny_specs):
+    from lmm.model.lmm import LMM
+
+    torch.manual_seed(0)
+    return LMM(**tiny_specs).eval()

@@ -1,0 +1,95 @@
+"""Training composed through Hydra: both stages chained, freezing, and the demo pipeline on a slice."""
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+import lmm
+from lmm.data.datamodule import LlavaDataModule
+from lmm.train.module import LMMTrainModule
+from lmm.train.run import accumulation, model_spec, train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    from lmm.data.easyvqa import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare(root / "easyvqa")
+    return root
+
+
+def compose_train(data_dir, out_dir, *overrides):
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose("train", overrides=[
+            f"paths.data_dir={data_dir}", f"paths.output_dir={out_dir}", "vision=tiny_clip",
+            "llm.hf_config.hidden_size=32", "llm.hf_config.intermediate_size=64", "llm.hf_config.num_hidden_layers=1",
+            "data.loader.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
+            "recipe.stages.sft.global_batch_size=8", "recipe.stages.pretrain.epochs=1", "recipe.stages.sft.epochs=1",
+            "+trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+            "data.eval.limit=16", *overrides])
+
+
+def test_two_stage_fit_chains_checkpoints_and_freezes(data_dir, tmp_path):
+    cfg = compose_train(data_dir, tmp_path, "recipe=base", "evaluate=false")
+    out = train(cfg)
+    pre, sft = tmp_path / "pretrain/checkpoint", Path(out["checkpoint"])
+    assert sft == tmp_path / "sft/checkpoint"
+    w_pre, w_sft = load_file(pre / "model.safetensors"), load_file(sft / "model.safetensors")
+    vision = [k for k in w_pre if k.startswith("vision.")]
+    connector = [k for k in w_pre if k.startswith("connector.")]
+    assert vision and connector
+    # sft starts from the pretrain checkpoint and keeps the vision tower frozen ...
+    assert all(torch.equal(w_pre[k], w_sft[k]) for k in vision)
+    # ... while it trains the connector.
+    assert any(not torch.equal(w_pre[k], w_sft[k]) for k in connector)
+    assert (tmp_path / "pretrain/version_0/metrics.csv").is_file()
+    header = (tmp_path / "sft/version_0/metrics.csv").read_text().splitlines()[0]
+    assert {"train/loss", "train/lr", "train/tokens_per_s"} <= set(header.split(","))
+
+
+def test_frozen_modules_do_not_change(data_dir, tmp_path):
+    cfg = compose_train(data_dir, tmp_path, "recipe=base")
+    stage = cfg.recipe.stages.pretrain
+    module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim)
+    assert module.trainable["vision"] == module.trainable["llm"] == 0 and module.trainable["connector"] > 0
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    dm = LlavaDataModule(**cfg.data.pretrain, **cfg.data.loader).attach(module.model, module.model.template)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(module, datamodule=dm)
+    after = module.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"connector"}
+
+
+def test_demo_pipeline_on_a_slice(data_dir, tmp_path, capsys):
+    cfg = compose_train(data_dir, tmp_path)  # the demo recipe: every module trains
+    out = train(cfg)
+    results = out["results"]
+    assert results["n"] == 16 and 0.0 <= results["accuracy"] <= 1.0
+    assert (tmp_path / "eval/easyvqa_results.json").is_file()
+    assert len((tmp_path / "eval/easyvqa_predictions.jsonl").read_text().splitlines()) == 16
+    assert "easyvqa results" in capsys.readouterr().out
+    model = lmm.load(out["checkpoint"])
+    answer = model.chat(data_dir / "easyvqa/images/test/0.png", "what color is the shape?", max_new_tokens=4)
+    assert isinstance(answer, str)
+
+
+def test_accumulation_keeps_the_global_batch():
+    assert accumulation(256, 8, 4) == 8
+    with pytest.raises(ValueError, match="not a multiple"):
+        accumulation(128, 3, 1)
+
+
+def test_unknown_choices_list_the_valid_ones(data_dir, tmp_path):
+    cfg = compose_train(data_dir, tmp_path, "run_stages=[pretrain,finetune]")
+    with pytest.raises(ValueError, match=r"no stage 'finetune'; valid: \['pretrain', 'sft'\]"):
+        train(cfg)
+    cfg = compose_train(data_dir, tmp_path, "recipe.stages.sft.tune.llm=lora")
+    with pytest.raises(ValueError, match="unknown tune mode 'lora'"):
+        LMMTrainModule(model_spec(cfg), cfg.recipe.stages.sft.tune, cfg.recipe.stages.sft.optim)
