@@ -76,6 +76,10 @@ def test_demo_pipeline_on_a_slice(data_dir, tmp_path, capsys):
     assert len((tmp_path / "eval/easyvqa_predictions.jsonl").read_text().splitlines()) == 16
     assert "easyvqa results" in capsys.readouterr().out
     model = lmm.load(out["checkpoint"])
+    # the Lightning checkpoint reloads with no other argument and holds the same weights
+    restored = LMMTrainModule.load_from_checkpoint(tmp_path / "sft/lightning/last.ckpt")
+    assert sorted(p.name for p in (tmp_path / "sft/lightning").iterdir()) == ["last.ckpt"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in restored.model.state_dict().items())
     answer = model.chat(data_dir / "easyvqa/images/test/0.png", "what color is the shape?", max_new_tokens=4)
     assert isinstance(answer, str)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from lmm.data.datamodule import LlavaDataModule
@@ -53,15 +55,21 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     datamodule.attach(module.model, stage_template(stage.prompt, module.model))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     stage_dir = run_dir / name
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    if cfg.trainer.get("enable_checkpointing", True):  # Lightning checkpoints (for resuming) in the stage folder
+        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True))
+    logger = instantiate(cfg.logger, save_dir=str(run_dir), name=name)
     trainer = instantiate(
         cfg.trainer,
         max_epochs=stage.epochs,
         accumulate_grad_batches=accumulation(stage.global_batch_size, cfg.data.loader.micro_batch_size, world_size),
-        logger=instantiate(cfg.logger, save_dir=str(run_dir), name=name),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        logger=logger,
+        callbacks=callbacks,
         default_root_dir=str(stage_dir),
     )
     trainer.fit(module, datamodule=datamodule)
+    if isinstance(logger, WandbLogger):  # one W&B run per stage
+        logger.experiment.finish()
     export = stage_dir / "checkpoint"
     if trainer.is_global_zero:
         module.model.save_pretrained(export)
