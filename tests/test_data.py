@@ -123,3 +123,22 @@ def test_datamodule_batches(tiny_lmm, image_root):
 def test_datamodule_needs_the_model_facts(image_root):
     with pytest.raises(RuntimeError, match="attach"):
         LlavaDataModule(["x.json"], str(image_root)).setup("fit")
+
+
+def test_skip_monitor_stops_past_the_limit_and_counts_reasons():
+    from unittest.mock import MagicMock
+
+    from lmm.train.callbacks import SkipMonitor
+
+    monitor = SkipMonitor(max_fraction=0.25, min_records=8)
+    module = MagicMock()
+    ok = {"num_samples": 3, "skipped": [("image_missing", "a.png")]}
+    monitor.on_train_batch_end(None, module, None, ok, 0)  # 1 of 4 skipped, below min_records
+    monitor.on_train_batch_end(None, module, None, ok, 1)  # 2 of 8: 25%, at the limit
+    monitor.on_train_epoch_end(None, module)
+    logged = {c.args[0]: c.args[1] for c in module.log.call_args_list}
+    assert logged["data/skipped"] == 2 and logged["data/skipped_image_missing"] == 2
+    assert logged["data/skipped_fraction"] == 0.25
+    bad = {"num_samples": 1, "skipped": [("too_long", "x")] * 3}
+    with pytest.raises(RuntimeError, match=r"too_long.*max_fraction"):
+        monitor.on_train_batch_end(None, module, None, bad, 2)

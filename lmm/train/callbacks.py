@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 class SkipMonitor(L.Callback):
     """Counts records the data pipeline skipped (by reason), logs them at each epoch end, and
-    stops the run once more than `max_fraction` of the records seen were skipped."""
+    stops the run once more than `max_fraction` of the records seen were skipped (checked from
+    `min_records` on, so one bad record early in an epoch does not end a run, and at epoch end)."""
 
     def __init__(self, max_fraction: float = 0.01, min_records: int = 200, examples_per_reason: int = 3):
         self.max_fraction, self.min_records, self.examples = max_fraction, min_records, examples_per_reason
@@ -24,8 +25,12 @@ class SkipMonitor(L.Callback):
             self.counts[reason] += 1
             if self.counts[reason] <= self.examples:
                 rank_zero_warn(f"skipped a record ({reason}): {detail}")
+        if self.seen >= self.min_records:
+            self._check()
+
+    def _check(self):
         fraction = sum(self.counts.values()) / max(1, self.seen)
-        if self.seen >= self.min_records and fraction > self.max_fraction:
+        if fraction > self.max_fraction:
             raise RuntimeError(f"{fraction:.1%} of {self.seen} records were skipped, over the limit of "
                                f"{self.max_fraction:.1%}: {dict(self.counts)}. Fix the data or raise "
                                f"callbacks.skip_monitor.max_fraction.")
@@ -38,6 +43,7 @@ class SkipMonitor(L.Callback):
             pl_module.log(f"data/skipped_{reason}", float(n))
         if total:
             rank_zero_info(f"skipped {total} of {self.seen} records: {dict(self.counts)}")
+        self._check()  # small data sets never reach min_records mid-epoch
 
     def state_dict(self):
         return {"counts": dict(self.counts), "seen": self.seen}
