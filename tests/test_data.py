@@ -142,3 +142,16 @@ def test_skip_monitor_stops_past_the_limit_and_counts_reasons():
     bad = {"num_samples": 1, "skipped": [("too_long", "x")] * 3}
     with pytest.raises(RuntimeError, match=r"too_long.*max_fraction"):
         monitor.on_train_batch_end(None, module, None, bad, 2)
+
+
+def test_cached_dataset_processes_each_record_once(processor):
+    calls = []
+
+    def counting(record):
+        calls.append(record["id"])
+        return processor(record)
+
+    ds = LlavaDataset([GOOD, BAD["image_missing"]], counting, cache=True)
+    first = [ds[0], ds[1], ds[0], ds[1]]
+    assert calls == ["a", "m"]
+    assert first[0] is first[2] and isinstance(first[3], Skip)
