@@ -36,40 +36,42 @@ def splice_images(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     is_image = (input_ids == IMAGE_TOKEN_ID) & attention_mask.bool()
-    n_placeholders = int(is_image.sum())
     n_images = 0 if image_embeds is None else image_embeds.shape[0]
-    if n_placeholders != n_images:
-        raise ValueError(f"the batch has {n_placeholders} image placeholder(s) but {n_images} image(s)")
+    if int(is_image.sum()) != n_images:
+        raise ValueError(f"the batch has {int(is_image.sum())} image placeholder(s) but {n_images} image(s)")
 
-    rows_embeds, rows_labels = [], []
-    next_image = 0
-    for b in range(input_ids.shape[0]):
-        keep = attention_mask[b].bool()
-        embeds, img = text_embeds[b][keep], is_image[b][keep]
-        lab = labels[b][keep] if labels is not None else None
-        pieces, piece_labels, start = [], [], 0
-        for pos in img.nonzero().flatten().tolist():
-            pieces += [embeds[start:pos], image_embeds[next_image]]
-            if lab is not None:
-                piece_labels += [lab[start:pos], lab.new_full((image_embeds.shape[1],), IGNORE_INDEX)]
-            next_image += 1
-            start = pos + 1
-        pieces.append(embeds[start:])
-        rows_embeds.append(torch.cat(pieces))
-        if lab is not None:
-            piece_labels.append(lab[start:])
-            rows_labels.append(torch.cat(piece_labels))
+    # One gather instead of a per-sample loop: every output position names its source row in a
+    # table [text embeddings; image token embeddings; a zero row for padding]. Its backward is
+    # a single index_add, where per-sample slicing would cost O(batch^2) memory traffic.
+    batch, width_in, dim = text_embeds.shape
+    device = input_ids.device
+    n_visual = 0 if image_embeds is None else image_embeds.shape[1]
+    keep = attention_mask.bool()
+    token_len = torch.where(is_image, n_visual, 1) * keep  # output slots each input token fills
+    row_len = token_len.sum(1)
+    width = int(row_len.max())
+    start = token_len.cumsum(1) - token_len  # first output slot of each token
+    if padding_side == "left":
+        start = start + (width - row_len)[:, None]
+    row_of = torch.arange(batch, device=device)[:, None].expand(batch, width_in)
+    text_row = torch.arange(batch * width_in, device=device).view(batch, width_in)  # row in the table
+    image_row = batch * width_in + torch.arange(n_images * n_visual, device=device).view(n_images, n_visual)
+    pad_row = batch * width_in + n_images * n_visual
 
-    lengths = [r.shape[0] for r in rows_embeds]
-    batch, width, dim = len(rows_embeds), max(lengths), text_embeds.shape[-1]
-    out_embeds = text_embeds.new_zeros(batch, width, dim)
-    out_mask = attention_mask.new_zeros(batch, width)
-    out_labels = None if labels is None else labels.new_full((batch, width), IGNORE_INDEX)
-    for b, n in enumerate(lengths):
-        cols = slice(width - n, width) if padding_side == "left" else slice(0, n)
-        out_embeds[b, cols] = rows_embeds[b]
-        out_mask[b, cols] = 1
-        if out_labels is not None:
-            out_labels[b, cols] = rows_labels[b]
+    index = torch.full((batch, width), pad_row, dtype=torch.long, device=device)
+    is_text = keep & ~is_image
+    index[row_of[is_text], start[is_text]] = text_row[is_text]
+    if n_images:  # image j (reading order) fills n_visual slots from its placeholder's start
+        slots = start[is_image][:, None] + torch.arange(n_visual, device=device)
+        index[row_of[is_image][:, None], slots] = image_row
+    table = [text_embeds.reshape(-1, dim)] + ([image_embeds.reshape(-1, dim)] if n_images else [])
+    out_embeds = torch.cat(table + [text_embeds.new_zeros(1, dim)])[index]
+
+    positions = torch.arange(width, device=device)[None]
+    filled = positions >= (width - row_len)[:, None] if padding_side == "left" else positions < row_len[:, None]
+    out_mask = filled.to(attention_mask.dtype)
+    out_labels = None
+    if labels is not None:
+        out_labels = torch.cat([labels.reshape(-1), labels.new_full((pad_row - batch * width_in + 1,), IGNORE_INDEX)])[index]
     position_ids = (out_mask.cumsum(-1) - 1).clamp(min=0)
     return Spliced(out_embeds, out_mask, position_ids, out_labels)

@@ -51,7 +51,8 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     log.info("stage %s: trainable parameters %s, init from %s", name, module.trainable, init_from or "scratch")
     if stage.data not in cfg.data:
         raise ValueError(f"data config {cfg.data.name!r} has no {stage.data!r} part for stage {name!r}")
-    datamodule = LlavaDataModule(**cfg.data[stage.data], **cfg.data.loader, seed=cfg.seed, prepare=cfg.data.get("prepare"))
+    loader = {**to_plain(cfg.data.loader), **({"micro_batch_size": stage.micro_batch_size} if stage.get("micro_batch_size") else {})}
+    datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed, prepare=cfg.data.get("prepare"))
     datamodule.attach(module.model, stage_template(stage.prompt, module.model))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     stage_dir = run_dir / name
@@ -62,7 +63,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     trainer = instantiate(
         cfg.trainer,
         max_epochs=stage.epochs,
-        accumulate_grad_batches=accumulation(stage.global_batch_size, cfg.data.loader.micro_batch_size, world_size),
+        accumulate_grad_batches=accumulation(stage.global_batch_size, loader["micro_batch_size"], world_size),
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(stage_dir),
