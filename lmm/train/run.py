@@ -51,7 +51,9 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     log.info("stage %s: trainable parameters %s, init from %s", name, module.trainable, init_from or "scratch")
     if stage.data not in cfg.data:
         raise ValueError(f"data config {cfg.data.name!r} has no {stage.data!r} part for stage {name!r}")
-    loader = {**to_plain(cfg.data.loader), **({"micro_batch_size": stage.micro_batch_size} if stage.get("micro_batch_size") else {})}
+    loader = to_plain(cfg.data.loader)
+    if stage.get("micro_batch_size"):  # a stage may batch differently (short caption samples fit more)
+        loader["micro_batch_size"] = stage.micro_batch_size
     datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed, prepare=cfg.data.get("prepare"))
     datamodule.attach(module.model, stage_template(stage.prompt, module.model))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes

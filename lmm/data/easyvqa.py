@@ -1,0 +1,111 @@
+"""The embedded default data set: the PyPI package `easy-vqa` converted to LLaVA-format files.
+
+    <root>/images/{train,test}/<n>.png     the package's 64x64 images
+    <root>/pretrain.json                   one caption per train image ("A blue rectangle.")
+    <root>/sft.json                        one multi-turn conversation per train image (all its questions)
+    <root>/test_questions.jsonl            LLaVA eval-style questions with gold answer and kind
+    <root>/tokenizer/                      a byte-level BPE tokenizer trained on this corpus
+    <root>/manifest.json                   written last; its presence means the folder is complete
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from lmm.data.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
+from lmm.data.tokenizer_build import train_bpe_tokenizer
+
+VERSION = 3
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+# Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
+TEMPLATE_TEXT = ["USER: ASSISTANT:", "[INST] <<SYS>>\n <</SYS>>\n\n [/INST]", VICUNA_SYSTEM,
+                 "Answer the question using a single word or phrase."]
+
+
+def question_kind(answer: str) -> str:
+    return "shape" if answer in SHAPES else "color" if answer in COLORS else "yes/no"
+
+
+def image_facts(questions: list[tuple[str, str]]) -> dict[str, str]:
+    """Colour and shape of an image, read off its questions (the package stores neither).
+
+    "what is the blue shape?" -> rectangle gives both; a yes/no question tells that a mentioned
+    colour or shape is present when the answer is "yes" and the question has no negation
+    ("not", "no"), or the answer is "no" and it has one.
+    """
+    facts = {}
+    for q, a in questions:
+        words = q.rstrip("?").split()
+        colors = [w for w in words if w in COLORS]
+        shapes = [w for w in words if w in SHAPES]
+        if a in SHAPES:
+            facts.update(shape=a, **({"color": colors[0]} if colors else {}))
+        elif a in COLORS:
+            facts.update(color=a, **({"shape": shapes[0]} if shapes else {}))
+        elif (a == "yes") != ("not" in words or "no" in words):
+            facts.update(**({"color": colors[0]} if colors else {}), **({"shape": shapes[0]} if shapes else {}))
+    return facts
+
+
+def _by_image(split: str):
+    import easy_vqa
+
+    texts, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
+    per_image = defaultdict(list)
+    for q, a, i in zip(texts, answers, image_ids):
+        per_image[i].append((q, a))
+    return per_image, getattr(easy_vqa, f"get_{split}_image_paths")()
+
+
+def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Build the folder if it is missing or from another version; returns the root."""
+    root = Path(root)
+    manifest = root / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("version") == VERSION:
+        return root
+    rng = random.Random(seed)
+    train, train_paths = _by_image("train")
+    test, test_paths = _by_image("test")
+    for split, paths in (("train", train_paths), ("test", test_paths)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        for i, src in paths.items():
+            shutil.copyfile(src, root / "images" / split / f"{i}.png")
+
+    pretrain, sft, skipped = [], [], 0
+    for i in sorted(train):
+        facts = image_facts(train[i])
+        image = f"images/train/{i}.png"
+        if len(facts) == 2:  # every train image has a colour and a shape question in practice
+            caption = f"A {facts['color']} {facts['shape']}."
+            pretrain.append({"id": f"easyvqa-train-{i}-caption", "image": image, "conversations": [
+                {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nDescribe the image briefly."},
+                {"from": "gpt", "value": caption}]})
+        else:
+            skipped += 1
+        questions = list(train[i])
+        rng.shuffle(questions)
+        turns = []
+        for k, (q, a) in enumerate(questions):
+            turns += [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]
+        sft.append({"id": f"easyvqa-train-{i}", "image": image, "conversations": turns})
+
+    qid = 0
+    with (root / "test_questions.jsonl").open("w") as f:
+        for i in sorted(test):
+            for q, a in test[i]:
+                f.write(json.dumps({"question_id": qid, "image": f"images/test/{i}.png", "text": q,
+                                    "answer": a, "kind": question_kind(a)}) + "\n")
+                qid += 1
+    (root / "pretrain.json").write_text(json.dumps(pretrain))
+    (root / "sft.json").write_text(json.dumps(sft))
+
+    # Answers follow "ASSISTANT:" after a space in the chat templates: learn them with it.
+    corpus = [" " * (t["from"] == "gpt") + t["value"] for rec in pretrain + sft for t in rec["conversations"]]
+    train_bpe_tokenizer(corpus + TEMPLATE_TEXT * 100, root / "tokenizer", vocab_size=vocab_size)
+    manifest.write_text(json.dumps({"version": VERSION, "pretrain": len(pretrain), "sft": len(sft),
+                                    "test_questions": qid, "images_without_caption": skipped}, indent=2))
+    return root

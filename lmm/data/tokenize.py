@@ -1,0 +1,54 @@
+"""Segments -> `input_ids` + `labels`, with one sentinel id per image.
+
+Every image is a single `IMAGE_TOKEN_ID` (-200, LLaVA's convention) in `input_ids`; the model
+replaces it with that image's visual tokens. Using a sentinel instead of a vocabulary entry means a
+pretrained LLM's embedding matrix never has to grow for an `<image>` token.
+"""
+from __future__ import annotations
+
+import torch
+
+from lmm.data.templates import IMAGE_PLACEHOLDER, Segment
+
+IMAGE_TOKEN_ID = -200
+IGNORE_INDEX = -100
+
+
+class SampleError(ValueError):
+    """A record that cannot become a training sample; `reason` is a short key used for skip counts."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _special_id(tokenizer, name: str) -> int:
+    tid = getattr(tokenizer, f"{name}_token_id")
+    if tid is None:
+        raise ValueError(f"the template asks for a {name.upper()} token but the tokenizer has none; "
+                         f"set the template's `bos: none` / `answer_end: none` or use a tokenizer with one")
+    return tid
+
+
+def encode_text(text: str, tokenizer) -> list[int]:
+    """Tokenise text with `<image>` placeholders split out as `IMAGE_TOKEN_ID`."""
+    ids: list[int] = []
+    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i > 0:
+            ids.append(IMAGE_TOKEN_ID)
+        if chunk:
+            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def encode_segments(segments: list[Segment], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (input_ids, labels) as 1-D long tensors; untrained positions and images are -100."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for seg in segments:
+        seg_ids = [_special_id(tokenizer, seg.special)] if seg.special else encode_text(seg.text, tokenizer)
+        if seg.trained and IMAGE_TOKEN_ID in seg_ids:
+            raise SampleError("image_in_answer", "an <image> placeholder inside an assistant turn")
+        ids.extend(seg_ids)
+        labels.extend(seg_ids if seg.trained else [IGNORE_INDEX] * len(seg_ids))
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
