@@ -1,6 +1,8 @@
 """Shared fixtures: a tokenizer trained locally and tiny random-initialised component specs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +12,19 @@ CORPUS = [
     "what color is the shape? blue", "what shape is in the image? a red circle", "is there a triangle? yes no",
     "USER: ASSISTANT: describe the picture in detail", "[INST] <<SYS>> <</SYS>> [/INST]", "A green rectangle.",
 ]
+
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """The easy-vqa demo data (LLaVA files, images, tokenizer), built once per session."""
+    from lmm.data.easyvqa import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare(root / "easyvqa")
+    return root
 
 
 @pytest.fixture(scope="session")

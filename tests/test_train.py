@@ -12,16 +12,7 @@ from lmm.data.datamodule import LlavaDataModule
 from lmm.train.module import LMMTrainModule
 from lmm.train.run import accumulation, model_spec, train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    from lmm.data.easyvqa import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    prepare(root / "easyvqa")
-    return root
+from tests.conftest import CONF
 
 
 def compose_train(data_dir, out_dir, *overrides):
@@ -29,7 +20,8 @@ def compose_train(data_dir, out_dir, *overrides):
         return compose("train", overrides=[
             f"paths.data_dir={data_dir}", f"paths.output_dir={out_dir}", "vision=tiny_clip",
             "llm.hf_config.hidden_size=32", "llm.hf_config.intermediate_size=64", "llm.hf_config.num_hidden_layers=1",
-            "data.loader.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
+            "data.loader.micro_batch_size=4", "++recipe.stages.pretrain.micro_batch_size=4",
+            "++recipe.stages.sft.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
             "recipe.stages.sft.global_batch_size=8", "recipe.stages.pretrain.epochs=1", "recipe.stages.sft.epochs=1",
             "+trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
             "data.eval.limit=16", *overrides])
