@@ -36,15 +36,11 @@ class LanguageModel(nn.Module):
             raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM embeds only "
                              f"{self.model.get_input_embeddings().num_embeddings}")
         self.template = template if hasattr(template, "render") else build(template)
-        self.pretrained = pretrained
 
     def _derive(self, hf_config: dict) -> dict:
         """Vocabulary size and special ids come from the tokenizer, not from the config file."""
         cfg = dict(hf_config)
-        given = cfg.get("vocab_size")
-        if given is not None and given < len(self.tokenizer):
-            raise ValueError(f"hf_config.vocab_size={given} is smaller than the tokenizer ({len(self.tokenizer)} tokens)")
-        cfg.setdefault("vocab_size", len(self.tokenizer))
+        cfg.setdefault("vocab_size", len(self.tokenizer))  # a given, too small one fails the check in __init__
         for name in ("bos", "eos", "pad"):
             cfg[f"{name}_token_id"] = getattr(self.tokenizer, f"{name}_token_id")
         return cfg

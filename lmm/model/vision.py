@@ -69,7 +69,6 @@ class HFVisionEncoder(nn.Module):
         self.tower = self._cut_after_feature_layer(tower, feature_layer)
         self.block_class = type(self.tower.encoder.layers[0])
         self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square)
-        self.pretrained = pretrained
 
     @staticmethod
     def _processor_normalisation(path: str):
