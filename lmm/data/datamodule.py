@@ -5,7 +5,7 @@ The model's facts (tokenizer, template, image transform, visual-token count) are
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from lmm.data.collate import Collator
 from lmm.data.dataset import LlavaDataset, SampleProcessor
 from lmm.data.formats import read_records
-from lmm.model.spec import build
 
 
 class LlavaDataModule(L.LightningDataModule):
@@ -28,14 +27,13 @@ class LlavaDataModule(L.LightningDataModule):
         shuffle: bool = True,
         cache: bool = False,
         seed: int = 0,
-        prepare: Mapping | None = None,
     ):
         super().__init__()
         if isinstance(annotations, str):
             annotations = [annotations]
         self.annotations, self.image_root = list(annotations), image_root
         self.micro_batch_size, self.num_workers, self.max_length = micro_batch_size, num_workers, max_length
-        self.shuffle, self.cache, self.seed, self.prepare = shuffle, cache, seed, prepare
+        self.shuffle, self.cache, self.seed = shuffle, cache, seed
         self.processor: SampleProcessor | None = None
         self.train_set: LlavaDataset | None = None
 
@@ -45,10 +43,6 @@ class LlavaDataModule(L.LightningDataModule):
         self.processor = SampleProcessor(model.tokenizer, template, model.image_transform, model.num_visual_tokens,
                                          self.image_root, self.max_length)
         return self
-
-    def prepare_data(self) -> None:
-        if self.prepare:
-            build(self.prepare)
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:

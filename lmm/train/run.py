@@ -54,7 +54,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     loader = to_plain(cfg.data.loader)
     if stage.get("micro_batch_size"):  # a stage may batch differently (short caption samples fit more)
         loader["micro_batch_size"] = stage.micro_batch_size
-    datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed, prepare=cfg.data.get("prepare"))
+    datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed)  # data built once, in train()
     datamodule.attach(module.model, stage_template(stage.prompt, module.model))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     stage_dir = run_dir / name
