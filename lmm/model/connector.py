@@ -2,6 +2,9 @@
 
 `in_dim` and `out_dim` are never configured: `LMM` passes the vision encoder's and the LLM's
 widths, so a connector config is the same for every encoder x LLM cell of a grid.
+
+Every connector maps (N, T, in_dim) -> (N, output_tokens(T), out_dim); the token-wise ones keep T,
+others (resampler, pixel shuffle) change it, and `LMM.num_visual_tokens` asks the connector.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ class MLPConnector(nn.Sequential):
             layers += [ACTIVATIONS[act](), nn.Linear(out_dim, out_dim, bias=bias)]
         super().__init__(*layers)
         self.depth, self.act, self.bias = depth, act, bias
+
+    def output_tokens(self, in_tokens: int) -> int:
+        return in_tokens
 
     def spec(self) -> dict:
         return {"_target_": spec_target(self), "depth": self.depth, "act": self.act, "bias": self.bias}
@@ -52,6 +58,9 @@ class IdentityConnector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def output_tokens(self, in_tokens: int) -> int:
+        return in_tokens
 
     def spec(self) -> dict:
         return {"_target_": spec_target(self)}

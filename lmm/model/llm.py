@@ -50,8 +50,13 @@ class LanguageModel(nn.Module):
         return self.model.get_input_embeddings().embedding_dim
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers (input side first): partial tuning, FSDP and checkpointing wrap these."""
+        return self.model.base_model.layers
+
+    @property
     def decoder_layer_class(self) -> type:
-        return type(self.model.base_model.layers[0])
+        return type(self.layers[0])
 
     def embed(self, input_ids):
         return self.model.get_input_embeddings()(input_ids)

@@ -56,7 +56,8 @@ class LMM(nn.Module):
 
     @property
     def num_visual_tokens(self) -> int:
-        return self.vision.num_tokens
+        """Tokens per image in the LLM sequence: what the connector makes of the tower's tokens."""
+        return self.connector.output_tokens(self.vision.num_tokens)
 
     def spec(self) -> dict:
         return {"vision": self.vision.spec(), "connector": self.connector.spec(), "llm": self.llm.spec()}

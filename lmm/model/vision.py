@@ -100,6 +100,11 @@ class HFVisionEncoder(nn.Module):
         return self.tower.config.hidden_size
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks kept (input side first): partial tuning and FSDP wrap these."""
+        return self.tower.encoder.layers
+
+    @property
     def num_patches(self) -> int:
         return (self.tower.config.image_size // self.tower.config.patch_size) ** 2
 
