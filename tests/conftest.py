@@ -17,6 +17,22 @@ CORPUS = [
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def compose_config(name: str, overrides, runs_dir=None):
+    """Compose conf/<name>.yaml as `python -m lmm.train` would: the `hydra:` resolvers (run.choices)
+    work, and the run folder is <runs_dir>/<run.path> as under Hydra's own launch."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    extra = [f"paths.runs_dir={runs_dir}", "paths.output_dir=${paths.runs_dir}/${run.path}"] if runs_dir else []
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose(name, overrides=[*extra, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """The easy-vqa demo data (LLaVA files, images, tokenizer), built once per session."""

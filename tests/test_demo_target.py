@@ -4,17 +4,15 @@ Slow (about 8 minutes on 2 cores): it trains both stages of the demo in full and
 9,673 test questions. It guards the headline number against regressions anywhere in the stack.
 """
 import pytest
-from hydra import compose, initialize_config_dir
 
 from lmm.train.run import train
-from tests.conftest import CONF
+from tests.conftest import compose_config
 
 
 @pytest.mark.slow
 def test_default_demo_reaches_095_on_easyvqa(data_dir, tmp_path):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}",
-                                          "+trainer.enable_progress_bar=false"])
+    cfg = compose_config("train", runs_dir=tmp_path, overrides=[f"paths.data_dir={data_dir}",
+                                                                "+trainer.enable_progress_bar=false"])
     results = train(cfg)["results"]
     assert results["n"] == 9673
     assert results["accuracy"] >= 0.95, results

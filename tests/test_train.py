@@ -1,37 +1,40 @@
 """Training composed through Hydra: both stages chained, freezing, and the demo pipeline on a slice."""
+import json
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 import lmm
 from lmm.data.datamodule import LlavaDataModule
 from lmm.train.module import LMMTrainModule
 from lmm.train.run import accumulation, model_spec, train
+from tests.conftest import compose_config
 
-from tests.conftest import CONF
 
-
-def compose_train(data_dir, out_dir, *overrides):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        return compose("train", overrides=[
-            f"paths.data_dir={data_dir}", f"paths.output_dir={out_dir}", "vision=tiny_clip",
+def compose_train(data_dir, runs_dir, *overrides):
+    return compose_config("train", runs_dir=runs_dir, overrides=[
+            f"paths.data_dir={data_dir}", "vision=tiny_clip",
             "llm.hf_config.hidden_size=32", "llm.hf_config.intermediate_size=64", "llm.hf_config.num_hidden_layers=1",
             "data.loader.micro_batch_size=4", "++recipe.stages.pretrain.micro_batch_size=4",
             "++recipe.stages.sft.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
             "recipe.stages.sft.global_batch_size=8", "recipe.stages.pretrain.epochs=1", "recipe.stages.sft.epochs=1",
             "+trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-            "data.eval.limit=16", *overrides])
+            "data.eval.limit=16", "callbacks.samples.num_samples=2", *overrides])
 
 
 def test_two_stage_fit_chains_checkpoints_and_freezes(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, "recipe=base", "evaluate=false")
     out = train(cfg)
-    pre, sft = tmp_path / "pretrain/checkpoint", Path(out["checkpoint"])
-    assert sft == tmp_path / "sft/checkpoint"
+    run = tmp_path / "easyvqa/tiny_clip__mlp2x_gelu__tiny_llama__seed0/base"
+    pre, sft = run / "pretrain/checkpoint", Path(out["checkpoint"])
+    assert sft == run / "sft/checkpoint"
+    info = json.loads((run / "run.json").read_text())
+    assert info["choices"] == {"vision": "tiny_clip", "connector": "mlp2x_gelu", "llm": "tiny_llama",
+                               "recipe": "base", "data": "easyvqa"}
+    assert info["name"] == "tiny_clip__mlp2x_gelu__tiny_llama__seed0/base" and "llm=tiny_llama" in info["tags"]
     w_pre, w_sft = load_file(pre / "model.safetensors"), load_file(sft / "model.safetensors")
     vision = [k for k in w_pre if k.startswith("vision.")]
     connector = [k for k in w_pre if k.startswith("connector.")]
@@ -40,8 +43,8 @@ def test_two_stage_fit_chains_checkpoints_and_freezes(data_dir, tmp_path):
     assert all(torch.equal(w_pre[k], w_sft[k]) for k in vision)
     # ... while it trains the connector.
     assert any(not torch.equal(w_pre[k], w_sft[k]) for k in connector)
-    assert (tmp_path / "pretrain/version_0/metrics.csv").is_file()
-    header = (tmp_path / "sft/version_0/metrics.csv").read_text().splitlines()[0]
+    assert (run / "pretrain/version_0/metrics.csv").is_file()
+    header = (run / "sft/version_0/metrics.csv").read_text().splitlines()[0]
     assert {"train/loss", "train/lr", "train/tokens_per_s"} <= set(header.split(","))
 
 
@@ -62,15 +65,21 @@ def test_frozen_modules_do_not_change(data_dir, tmp_path):
 def test_demo_pipeline_on_a_slice(data_dir, tmp_path, capsys):
     cfg = compose_train(data_dir, tmp_path)  # the demo recipe: every module trains
     out = train(cfg)
+    run = Path(cfg.paths.output_dir)
     results = out["results"]
     assert results["n"] == 16 and 0.0 <= results["accuracy"] <= 1.0
-    assert (tmp_path / "eval/easyvqa_results.json").is_file()
-    assert len((tmp_path / "eval/easyvqa_predictions.jsonl").read_text().splitlines()) == 16
+    assert (run / "eval/easyvqa_results.json").is_file()
+    assert len((run / "eval/easyvqa_predictions.jsonl").read_text().splitlines()) == 16
+    # the eval metrics land in the last stage's log, and sample predictions in each stage folder
+    metrics = (run / "sft/version_0/metrics.csv").read_text().splitlines()[0].split(",")
+    assert "eval/easyvqa/accuracy" in metrics
+    samples = [json.loads(line) for line in (run / "pretrain/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and {"prompt", "reference", "prediction", "images"} <= set(samples[0])
     assert "easyvqa results" in capsys.readouterr().out
     model = lmm.load(out["checkpoint"])
     # the Lightning checkpoint reloads with no other argument and holds the same weights
-    restored = LMMTrainModule.load_from_checkpoint(tmp_path / "sft/lightning/last.ckpt")
-    assert sorted(p.name for p in (tmp_path / "sft/lightning").iterdir()) == ["last.ckpt"]
+    restored = LMMTrainModule.load_from_checkpoint(run / "sft/lightning/last.ckpt")
+    assert sorted(p.name for p in (run / "sft/lightning").iterdir()) == ["last.ckpt"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in restored.model.state_dict().items())
     answer = model.chat(data_dir / "easyvqa/images/test/0.png", "what color is the shape?", max_new_tokens=4)
     assert isinstance(answer, str)
@@ -86,6 +95,6 @@ def test_unknown_choices_list_the_valid_ones(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, "run_stages=[pretrain,finetune]")
     with pytest.raises(ValueError, match=r"no stage 'finetune'; valid: \['pretrain', 'sft'\]"):
         train(cfg)
-    cfg = compose_train(data_dir, tmp_path, "recipe.stages.sft.tune.llm=lora")
-    with pytest.raises(ValueError, match="unknown tune mode 'lora'"):
+    cfg = compose_train(data_dir, tmp_path, "recipe.stages.sft.tune.llm=half")
+    with pytest.raises(ValueError, match="unknown tune mode 'half'"):
         LMMTrainModule(model_spec(cfg), cfg.recipe.stages.sft.tune, cfg.recipe.stages.sft.optim)

@@ -22,7 +22,7 @@ Role = Literal["user", "assistant"]
 @dataclass(frozen=True)
 class Segment:
     text: str = ""
-    special: Literal["bos", "eos", None] = None  # a special token of the tokenizer, by name
+    special: Literal["bos", "eos"] | None = None  # a special token of the tokenizer, by name
     trained: bool = False
 
 
@@ -94,8 +94,10 @@ class PlainTemplate:
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> list[Segment]:
         check_alternation(messages)
-        if add_generation_prompt:
-            raise ValueError("the plain (pretrain) template has no generation prompt; use a chat template")
+        if add_generation_prompt:  # what the model sees before a caption: BOS and the image(s)
+            if len(messages) != 1:
+                raise ValueError("a plain (caption) generation prompt is one user turn holding the image(s)")
+            return [Segment(special="bos"), Segment(IMAGE_PLACEHOLDER * messages[0].content.count(IMAGE_PLACEHOLDER))]
         if len(messages) != 2:
             raise ValueError(f"a plain (caption) sample has exactly one user and one assistant turn, got {len(messages)} turns")
         n_images = messages[0].content.count(IMAGE_PLACEHOLDER)
@@ -140,3 +142,88 @@ def llama2(system: str = "") -> ChatTemplate:
         system_format="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n",
         bos="each_turn",
     )
+
+
+# The paper grid's other LLM families. TinyLLaVA-style training uses the vicuna-style conversation
+# (`USER: ... ASSISTANT: ...<EOS>`) for every family and ends each answer with the tokenizer's own
+# EOS (the token generation stops on); what differs is whether a BOS token opens the sequence,
+# which follows what each family's tokenizer does by itself (the LLM was pretrained that way).
+
+
+def stablelm2(system: str = VICUNA_SYSTEM) -> ChatTemplate:
+    """StableLM-2: its tokenizer names `<|endoftext|>` as BOS and EOS but never prepends it, so no
+    BOS here (as Phi-2, whose format TinyLLaVA trains StableLM with); answers end in `<|endoftext|>`."""
+    return vicuna(system=system, bos="none")
+
+
+def qwen2(system: str = VICUNA_SYSTEM) -> ChatTemplate:
+    """Qwen2 base models: the tokenizer has no BOS token at all (asking for one is an error), and its
+    EOS `<|endoftext|>` ends each answer. For an -Instruct tokenizer the EOS is `<|im_end|>`, which
+    this template then uses instead; `chatml` is the instruct models' own turn format."""
+    return vicuna(system=system, bos="none")
+
+
+def gemma(system: str = VICUNA_SYSTEM) -> ChatTemplate:
+    """Gemma: the tokenizer prepends `<bos>` and the model is known to degrade without it, so BOS
+    once; answers end in `<eos>`. `gemma_turns` is the instruction-tuned models' own format."""
+    return vicuna(system=system, bos="once")
+
+
+@dataclass
+class TurnTemplate:
+    """Formats that wrap each turn in markers (ChatML, Gemma's), for instruction-tuned checkpoints:
+
+        [BOS] {start}{system_role}\\n{system}{end}\\n
+        {start}{user_role}\\n{q1}{end}\\n{start}{assistant_role}\\n  a1{end}  \\n{start}{user_role}\\n{q2} ...
+
+    Trained: each answer and its end marker. The markers are written as text, so the tokenizer must
+    know them as special tokens (single ids). Generation stops on the tokenizer's EOS: right for
+    Qwen2-Instruct (EOS is `<|im_end|>`), not for Gemma-it (EOS `<eos>`, turns end `<end_of_turn>`).
+    With `system_role=None` (Gemma has no system turn) a system text opens the first user turn.
+    """
+
+    turn_start: str
+    turn_end: str
+    user_role: str = "user"
+    assistant_role: str = "assistant"
+    system: str = ""
+    system_role: str | None = "system"
+    bos: Literal["once", "none"] = "none"
+
+    def _turn(self, role: str, content: str) -> str:
+        return f"{self.turn_start}{role}\n{content}{self.turn_end}\n"
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> list[Segment]:
+        check_alternation(messages)
+        if add_generation_prompt and messages and messages[-1].role != "user":
+            raise ValueError("a generation prompt needs the conversation to end with a user turn")
+        segs: list[Segment] = [Segment(special="bos")] if self.bos == "once" else []
+        first_prefix = ""
+        if self.system and self.system_role is not None:
+            segs.append(Segment(self._turn(self.system_role, self.system)))
+        elif self.system:
+            first_prefix = self.system + "\n\n"
+        for i, m in enumerate(messages):
+            if m.role == "user":
+                content = (first_prefix if i == 0 else "") + m.content
+                segs.append(Segment(self._turn(self.user_role, content) + self.turn_start + self.assistant_role + "\n"))
+            else:
+                segs.append(Segment(m.content + self.turn_end, trained=True))
+                if i + 1 < len(messages):
+                    segs.append(Segment("\n"))
+        return segs
+
+    def spec(self) -> dict:
+        return {"_target_": spec_target(self), **asdict(self)}
+
+
+def chatml(system: str = "You are a helpful assistant.") -> TurnTemplate:
+    """ChatML (Qwen2-Instruct's format, with its default system prompt); no BOS, as Qwen2 has none."""
+    return TurnTemplate(turn_start="<|im_start|>", turn_end="<|im_end|>", system=system, system_role="system")
+
+
+def gemma_turns(system: str = "") -> TurnTemplate:
+    """Gemma-it's format: `<bos><start_of_turn>user ... <end_of_turn>` and a `model` role, no system
+    turn. Its tokenizer's EOS is `<eos>`, not `<end_of_turn>`: generation must also stop on that."""
+    return TurnTemplate(turn_start="<start_of_turn>", turn_end="<end_of_turn>", assistant_role="model",
+                        system=system, system_role=None, bos="once")

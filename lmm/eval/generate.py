@@ -16,7 +16,7 @@ class Query:
     images: Sequence[str | Path] = ()  # image files, one <image> each (prepended unless in the text)
 
 
-def _left_pad(rows: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -34,7 +34,7 @@ def generate_answers(model, queries: Sequence[Query], batch_size: int = 32, max_
     batches = range(0, len(queries), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress):
         chunk = queries[start:start + batch_size]
-        ids, mask = _left_pad([model.prompt_ids(q.text, len(q.images)) for q in chunk], model.tokenizer.pad_token_id)
+        ids, mask = left_pad([model.prompt_ids(q.text, len(q.images)) for q in chunk], model.tokenizer.pad_token_id)
         pixels = []
         for q in chunk:
             for path in q.images:

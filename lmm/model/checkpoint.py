@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer"
 FORMAT = "lmm-checkpoint"
@@ -39,10 +39,34 @@ def read_config(path) -> dict:
     return config
 
 
-def load_weights(model, path, strict: bool = True) -> None:
-    missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=strict)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+def load_weights(model, path, modules: list[str] | None = None) -> None:
+    """Load a checkpoint's weights into `model`, all of them or only `modules` (e.g. ["connector"]).
+
+    Strict over what is loaded: every selected checkpoint tensor must fit a model tensor and every
+    selected model tensor must be given. A model with LoRA adapters injected (keys `x.base_layer.w`
+    plus `lora_*`) loads a plain checkpoint: the adapters keep their fresh initialisation.
+    """
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(f"no {WEIGHTS} in {path}: not an lmm checkpoint (made by LMM.save_pretrained)")
+    source = load_file(str(path / WEIGHTS))
+
+    def selected(key: str) -> bool:
+        return modules is None or key.split(".", 1)[0] in modules
+
+    target = {k: v for k, v in model.state_dict(keep_vars=True).items() if selected(k) and "lora_" not in k}
+    plain = {k.replace(".base_layer.", "."): k for k in target}  # checkpoint key -> model key
+    unexpected = sorted(k for k in source if selected(k) and k not in plain)
+    state = {plain[k]: v for k, v in source.items() if k in plain}
+    # safetensors stores a tied tensor once; its twins are filled through the shared storage.
+    loaded_ptrs = {target[k].data_ptr() for k in state}
+    missing = sorted(k for k in target if k not in state and target[k].data_ptr() not in loaded_ptrs)
+    if missing or unexpected or (modules is not None and not state):
+        raise ValueError(f"checkpoint {path} does not fit the model (modules {modules or 'all'}): "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            target[key].copy_(value)
 
 
 def load(path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):

@@ -54,6 +54,15 @@ class LanguageModel(nn.Module):
         """The decoder layers (input side first): partial tuning, FSDP and checkpointing wrap these."""
         return self.model.base_model.layers
 
+    def output_modules(self) -> list[nn.Module]:
+        """What sits after the decoder layers (final norm, LM head): trained by `partial` tuning."""
+        base = self.model.base_model
+        norm = getattr(base, "norm", None) or getattr(base, "final_layernorm", None)
+        return [m for m in (norm, self.model.get_output_embeddings()) if m is not None]
+
+    def lora_root(self) -> nn.Module:
+        return self.model
+
     @property
     def decoder_layer_class(self) -> type:
         return type(self.layers[0])

@@ -75,3 +75,20 @@ class ThroughputMonitor(L.Callback):
         seconds = sum(w[0] for w in self.window)
         pl_module.log("train/tokens_per_s", sum(w[1] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
         pl_module.log("train/samples_per_s", sum(w[2] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
+
+
+class SamplePredictions(L.Callback):
+    """At the end of a stage, answers the first user turn of a few training records with the
+    stage's own prompt format (greedy) and records image, prompt, reference and prediction: a
+    W&B table when the logger is W&B, and `samples.jsonl` in the stage folder always. A quick
+    look at what the model learnt, not a benchmark (the records are training data)."""
+
+    def __init__(self, num_samples: int = 8, max_new_tokens: int = 32):
+        self.num_samples, self.max_new_tokens = num_samples, max_new_tokens
+
+    def on_train_end(self, trainer, pl_module):
+        from lmm.train.samples import log_samples, predict_samples
+
+        rows = predict_samples(pl_module, trainer.datamodule, self.num_samples, self.max_new_tokens)
+        if trainer.is_global_zero and rows:
+            log_samples(rows, trainer)

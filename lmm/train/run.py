@@ -1,7 +1,15 @@
-"""Run the recipe's stages in order (pretrain -> sft), each from the previous stage's checkpoint,
-then evaluate the final checkpoint on the data config's eval set."""
+"""Run a grid cell: the recipe's stages in order (pretrain -> sft), each from the checkpoint its
+recipe names, then evaluate the final checkpoint on the data config's eval set.
+
+A run's folder is named from its Hydra choices (`run.path`), and `run.json` in it records them, so
+a grid never collides and later stages and recipes find earlier checkpoints by path:
+    <runs_dir>/<data>/<vision>__<connector>__<llm>__seed<seed><tag>/<recipe>/
+        run.json  <stage>/checkpoint/  <stage>/lightning/last.ckpt  <stage>/version_N/metrics.csv
+        eval/<benchmark>_results.json
+"""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,13 +17,16 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.templates import PlainTemplate
 from lmm.model.checkpoint import load_weights
+from lmm.model.lmm import LMM
 from lmm.model.spec import build, to_plain
 from lmm.train.module import LMMTrainModule
+from lmm.train.tuning import apply_tuning, has_lora, merge_lora
 
 log = logging.getLogger(__name__)
 PROMPTS = ("plain", "chat")
@@ -23,6 +34,15 @@ PROMPTS = ("plain", "chat")
 
 def model_spec(cfg: DictConfig) -> dict:
     return {"vision": to_plain(cfg.vision), "connector": to_plain(cfg.connector), "llm": to_plain(cfg.llm)}
+
+
+def run_info(cfg: DictConfig) -> dict:
+    """Who this run is: written to run.json, logged as the W&B config's `run`, read by gather scripts."""
+    run = cfg.run
+    choices = to_plain(run.choices)
+    return {"group": run.group, "name": f"{run.cell}/{choices['recipe']}", "cell": run.cell, "choices": choices,
+            "seed": cfg.seed, "tags": [f"{k}={v}" for k, v in choices.items()] + list(run.get("tags") or []),
+            "experiment": run.get("experiment"), "stages": list(cfg.run_stages)}
 
 
 def stage_template(prompt: str, model):
@@ -41,14 +61,56 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     return global_batch // per_step
 
 
-def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) -> Path:
+def init_weights(module: LMMTrainModule, stage_name: str, init) -> None:
+    """Load the stage's starting weights: `init.checkpoint` (all modules, or `init.modules`)."""
+    if not init or not init.get("checkpoint"):
+        return
+    path, modules = Path(init.checkpoint), init.get("modules")
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"stage {stage_name!r} starts from {path}, which holds no checkpoint. Run the stage that writes it "
+            f"first (same grid cell; for the share recipe, the base recipe's pretrain), or set "
+            f"recipe.stages.{stage_name}.init.checkpoint")
+    load_weights(module.model, path, modules=list(modules) if modules else None)
+    log.info("stage %s: initialised %s from %s", stage_name, list(modules) if modules else "all modules", path)
+
+
+def make_logger(cfg: DictConfig, info: dict, stage: str, run_dir: Path):
+    target = cfg.logger.get("_target_", "")
+    if target.endswith("WandbLogger"):  # one W&B run per stage, named and tagged from the grid cell
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), name=f"{info['name']}/{stage}",
+                             group=info["group"], tags=info["tags"])
+    else:
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), name=stage)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger.log_hyperparams({**config, "run": info, "stage": stage})
+    return logger
+
+
+def export(module: LMMTrainModule, trainer: L.Trainer, path: Path) -> None:
+    """Write the stage's model as an lmm checkpoint, LoRA adapters merged into their layers.
+    Sharded (FSDP2) weights are gathered first; rank zero rebuilds an unsharded copy to save."""
+    state = module.full_state_dict()  # a collective under FSDP2: every rank calls it
+    if trainer.is_global_zero:
+        if module.sharded:
+            model = LMM(**module.hparams.model)
+            if has_lora(module.model):
+                apply_tuning(model, module.hparams.tune)  # the same adapters, to receive their weights
+            model.load_state_dict(state)
+        else:
+            model = module.model
+        merge_lora(model).save_pretrained(path)
+    trainer.strategy.barrier()
+
+
+def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
+    """Returns (checkpoint path, trainer, logger); the caller finishes the logger."""
     if name not in cfg.recipe.stages:
         raise ValueError(f"recipe {cfg.recipe.name!r} has no stage {name!r}; valid: {list(cfg.recipe.stages)}")
     stage = cfg.recipe.stages[name]
-    module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim)
-    if init_from:
-        load_weights(module.model, init_from)
-    log.info("stage %s: trainable parameters %s, init from %s", name, module.trainable, init_from or "scratch")
+    module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim, cfg.strategy.get("model"))
+    init_weights(module, name, stage.get("init"))
+    log.info("stage %s: trainable parameters %s", name, module.trainable)
     if stage.data not in cfg.data:
         raise ValueError(f"data config {cfg.data.name!r} has no {stage.data!r} part for stage {name!r}")
     loader = to_plain(cfg.data.loader)
@@ -61,9 +123,11 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning checkpoints (for resuming) in the stage folder
         callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True))
-    logger = instantiate(cfg.logger, save_dir=str(run_dir), name=name)
+    logger = make_logger(cfg, info, name, run_dir)
     trainer = instantiate(
         cfg.trainer,
+        strategy=instantiate(cfg.strategy.lightning) if isinstance(cfg.strategy.lightning, DictConfig)
+        else cfg.strategy.lightning,
         max_epochs=stage.epochs,
         accumulate_grad_batches=accumulation(stage.global_batch_size, loader["micro_batch_size"], world_size),
         logger=logger,
@@ -71,26 +135,34 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, init_from: str | None) 
         default_root_dir=str(stage_dir),
     )
     trainer.fit(module, datamodule=datamodule)
-    if isinstance(logger, WandbLogger):  # one W&B run per stage
-        logger.experiment.finish()
-    export = stage_dir / "checkpoint"
-    if trainer.is_global_zero:
-        module.model.save_pretrained(export)
-    trainer.strategy.barrier()
-    return export
+    checkpoint = stage_dir / "checkpoint"
+    export(module, trainer, checkpoint)
+    return checkpoint, trainer, logger
 
 
 def train(cfg: DictConfig) -> dict:
     """Returns {"checkpoint": path of the last stage's checkpoint, "results": eval results or None}."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
+    info = run_info(cfg)
     if cfg.data.get("prepare"):
         build(cfg.data.prepare)  # before any model is built: the demo's tokenizer is made here
-    checkpoint = cfg.get("init_from")
+    if rank_zero_only.rank == 0:  # before training, so a crashed run is still identifiable
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+    checkpoint, trainer, logger = None, None, None
     for name in cfg.run_stages:
-        checkpoint = fit_stage(cfg, name, run_dir, checkpoint)
+        if logger is not None and isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # one W&B run per stage
+        checkpoint, trainer, logger = fit_stage(cfg, name, run_dir, info)
     results = None
-    if cfg.evaluate and cfg.data.get("eval"):
+    if cfg.evaluate and cfg.data.get("eval") and checkpoint is not None and trainer.is_global_zero:
         from lmm.eval.run import evaluate_checkpoint
         results = evaluate_checkpoint(checkpoint, cfg.data.eval, run_dir / "eval", **cfg.generation)
+        if logger is not None:
+            logger.log_metrics({f"eval/{results['benchmark']}/{k}": v for k, v in results.items()
+                                if isinstance(v, (int, float))})
+            logger.save()
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
     return {"checkpoint": str(checkpoint), "results": results}
