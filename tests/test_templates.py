@@ -70,6 +70,12 @@ def test_plain_template_trains_caption_only(word_tokenizer):
     tokens, trained, _ = tokens_and_trained(PlainTemplate(separator=""), word_tokenizer, messages)
     assert tokens == ["<s>", "<image>", "blue", "circle", "</s>"]
     assert trained == ["blue", "circle", "</s>"]
+    # an LLM without BOS (Qwen2) pretrains without one; the caption prompt is BOS (if any) + image
+    tokens, trained, _ = tokens_and_trained(PlainTemplate(separator="", bos=False), word_tokenizer, messages)
+    assert tokens == ["<image>", "blue", "circle", "</s>"] and trained == ["blue", "circle", "</s>"]
+    prompt = PlainTemplate().render(messages[:1], add_generation_prompt=True)
+    ids, labels = encode_segments(prompt, word_tokenizer)
+    assert ids.tolist() == [word_tokenizer.bos_token_id, IMAGE_TOKEN_ID] and labels.eq(IGNORE_INDEX).all()
 
 
 def test_generation_prompt_ends_before_answer(word_tokenizer):

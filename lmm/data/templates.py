@@ -88,22 +88,24 @@ class PlainTemplate:
 
     The user text apart from its image placeholders is dropped, as in LLaVA-1.5's `plain` prompt:
     the stage learns to align visual tokens with the caption, not to follow instructions.
+    `bos` follows the LLM's chat template (Qwen2's tokenizer has no BOS token at all).
     """
 
     separator: str = "\n"
+    bos: bool = True
+
+    def _start(self, n_images: int) -> list[Segment]:
+        return [Segment(special="bos")] * self.bos + [Segment(IMAGE_PLACEHOLDER * n_images)]
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> list[Segment]:
         check_alternation(messages)
         if add_generation_prompt:  # what the model sees before a caption: BOS and the image(s)
             if len(messages) != 1:
                 raise ValueError("a plain (caption) generation prompt is one user turn holding the image(s)")
-            return [Segment(special="bos"), Segment(IMAGE_PLACEHOLDER * messages[0].content.count(IMAGE_PLACEHOLDER))]
+            return self._start(messages[0].content.count(IMAGE_PLACEHOLDER))
         if len(messages) != 2:
             raise ValueError(f"a plain (caption) sample has exactly one user and one assistant turn, got {len(messages)} turns")
-        n_images = messages[0].content.count(IMAGE_PLACEHOLDER)
-        return [
-            Segment(special="bos"),
-            Segment(IMAGE_PLACEHOLDER * n_images),
+        return self._start(messages[0].content.count(IMAGE_PLACEHOLDER)) + [
             Segment(messages[1].content.strip() + self.separator, trained=True),
             Segment(special="eos", trained=True),
         ]

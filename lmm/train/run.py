@@ -46,10 +46,11 @@ def run_info(cfg: DictConfig) -> dict:
 
 
 def stage_template(prompt: str, model):
-    """Pretrain uses LLaVA's plain format for every LLM; SFT uses the LLM's own chat template."""
+    """Pretrain uses LLaVA's plain format for every LLM (with a BOS where the LLM's template has
+    one); SFT uses the LLM's own chat template."""
     if prompt not in PROMPTS:
         raise ValueError(f"unknown stage prompt {prompt!r}; valid: {list(PROMPTS)}")
-    return PlainTemplate() if prompt == "plain" else model.template
+    return PlainTemplate(bos=model.template.bos != "none") if prompt == "plain" else model.template
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -85,6 +86,21 @@ def make_logger(cfg: DictConfig, info: dict, stage: str, run_dir: Path):
     config = OmegaConf.to_container(cfg, resolve=True)
     logger.log_hyperparams({**config, "run": info, "stage": stage})
     return logger
+
+
+def make_strategy(spec, world_size: int):
+    """A strategy name ("auto", "ddp") or a config to instantiate. For ModelParallelStrategy,
+    `data_parallel_size: auto` means every rank shards the model (pure FSDP2); Lightning's own
+    "auto" would give the data-parallel axis only the node count, for 2-D (tensor) parallelism."""
+    if not isinstance(spec, DictConfig):
+        return spec
+    spec = to_plain(spec)
+    if spec["_target_"].endswith("ModelParallelStrategy") and spec.get("data_parallel_size") == "auto":
+        tp = spec.get("tensor_parallel_size", 1)
+        if tp == "auto" or world_size % tp:
+            raise ValueError(f"tensor_parallel_size={tp!r} must be a divisor of the {world_size} devices")
+        spec["data_parallel_size"] = world_size // tp
+    return instantiate(spec)
 
 
 def export(module: LMMTrainModule, trainer: L.Trainer, path: Path) -> None:
@@ -126,8 +142,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     logger = make_logger(cfg, info, name, run_dir)
     trainer = instantiate(
         cfg.trainer,
-        strategy=instantiate(cfg.strategy.lightning) if isinstance(cfg.strategy.lightning, DictConfig)
-        else cfg.strategy.lightning,
+        strategy=make_strategy(cfg.strategy.lightning, world_size),
         max_epochs=stage.epochs,
         accumulate_grad_batches=accumulation(stage.global_batch_size, loader["micro_batch_size"], world_size),
         logger=logger,
