@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -41,7 +42,7 @@ def run_info(cfg: DictConfig) -> dict:
     run = cfg.run
     choices = to_plain(run.choices)
     return {"group": run.group, "name": f"{run.cell}/{choices['recipe']}", "cell": run.cell, "choices": choices,
-            "seed": cfg.seed, "tags": [f"{k}={v}" for k, v in choices.items()] + list(run.get("tags") or []),
+            "seed": cfg.seed, "tag": run.tag, "tags": [f"{k}={v}" for k, v in choices.items()] + list(run.get("tags") or []),
             "experiment": run.get("experiment"), "stages": list(cfg.run_stages)}
 
 
@@ -160,8 +161,11 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     info = run_info(cfg)
-    if cfg.data.get("prepare"):
-        build(cfg.data.prepare)  # before any model is built: the demo's tokenizer is made here
+    if cfg.data.get("prepare"):  # before any model is built: the demo's tokenizer is made here
+        # Every rank of a multi-process job runs this; the lock lets one build and the rest find it built.
+        Path(cfg.paths.data_dir).mkdir(parents=True, exist_ok=True)
+        with FileLock(str(Path(cfg.paths.data_dir) / f".{cfg.data.name}.prepare.lock")):
+            build(cfg.data.prepare)
     if rank_zero_only.rank == 0:  # before training, so a crashed run is still identifiable
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
