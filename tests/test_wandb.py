@@ -70,4 +70,8 @@ def test_offline_wandb_runs_record_names_groups_tags_metrics_and_samples(data_di
     assert len(tables) == 2
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["image", "prompt", "reference", "prediction"] and len(table["data"]) == 1
-    assert table["data"][0][0]["_type"] == "image-file"  # the image itself is logged with its row
+    # the images travel in the table's artifact, next to its rows
+    for stage_file in files:
+        entries = [e.path for r in wandb_records(stage_file) if r.WhichOneof("record_type") == "artifact"
+                   for e in r.artifact.manifest.contents]
+        assert any(p.startswith("media/images/") and p.endswith(".png") for p in entries), entries
