@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lmm
+
 CELL = "easyvqa/tiny_siglip__mlp2x_gelu__tiny_llama__seed0/base"
 
 
@@ -47,9 +49,13 @@ def test_fsdp2_and_ddp_two_process_fits_agree(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp2_bf16_fit_runs_and_exports_float32_weights(data_dir, tmp_path):
-    run = fit_two_processes(data_dir, tmp_path, "fsdp", "run_stages=[pretrain]")  # the config's bf16 compute
+def test_fsdp2_bf16_lora_fit_exports_merged_float32_weights(data_dir, tmp_path):
+    # the config's bf16 compute, with LoRA adapters on the sharded LLM
+    run = fit_two_processes(data_dir, tmp_path, "fsdp", "run_stages=[pretrain]",
+                            "recipe.stages.pretrain.tune.llm={mode:lora,r:4}")
     weights = load_file(run / "pretrain/checkpoint/model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}  # sharded master weights stay fp32
+    assert not any("lora_" in k or "base_layer" in k for k in weights)  # gathered, then merged on rank 0
+    assert lmm.load(run / "pretrain/checkpoint").llm.model.config.model_type == "llama"
     header = (run / "pretrain/version_0/metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/loss" in header

@@ -26,3 +26,11 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_an_error(tokenizer_dir):
 def test_unknown_architecture_key_lists_valid_ones(tokenizer_dir):
     with pytest.raises(ValueError, match="num_hidden_layer'"):
         build(tokenizer_dir, num_hidden_layer=3)
+
+
+def test_the_configured_decoder_layer_class_is_checked(tokenizer_dir):
+    spec = llm_spec(tokenizer_dir)
+    spec.pop("_target_")
+    assert LanguageModel(**spec, decoder_layer="LlamaDecoderLayer").spec()["decoder_layer"] == "LlamaDecoderLayer"
+    with pytest.raises(ValueError, match="expects PhiDecoderLayer layers but hf_config builds LlamaDecoderLayer"):
+        LanguageModel(**spec, decoder_layer="PhiDecoderLayer")

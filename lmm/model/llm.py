@@ -5,6 +5,7 @@ so it is configured here and never guessed from a model name) and its decoder-la
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,6 +21,7 @@ class LanguageModel(nn.Module):
         template: ChatTemplate | dict,  # a template object or its spec
         pretrained: str | None = None,
         hf_config: dict | None = None,
+        decoder_layer: str | None = None,
     ):
         super().__init__()
         if (pretrained is None) == (hf_config is None):
@@ -29,13 +31,19 @@ class LanguageModel(nn.Module):
             # Padding is masked out of attention and loss, so any existing token serves.
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
         if pretrained is not None:
-            self.model = AutoModelForCausalLM.from_pretrained(pretrained)
+            # float32 master weights whatever the checkpoint's dtype (transformers' default "auto"
+            # would give fp16/bf16 parameters to the optimiser); mixed precision casts for compute.
+            self.model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch.float32)
         else:
             self.model = AutoModelForCausalLM.from_config(hf_config_from_dict(self._derive(hf_config)))
         if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
             raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM embeds only "
                              f"{self.model.get_input_embeddings().num_embeddings}")
         self.template = template if hasattr(template, "render") else build(template)
+        if decoder_layer is not None and self.decoder_layer_class.__name__ != decoder_layer:
+            # the config names the architecture it expects; a weights path of another family fails here
+            raise ValueError(f"the LLM config expects {decoder_layer} layers but {pretrained or 'hf_config'} "
+                             f"builds {self.decoder_layer_class.__name__}")
 
     def _derive(self, hf_config: dict) -> dict:
         """Vocabulary size and special ids come from the tokenizer, not from the config file."""
@@ -75,6 +83,7 @@ class LanguageModel(nn.Module):
         return {
             "_target_": spec_target(self),
             "hf_config": self.model.config.to_dict(),
+            "decoder_layer": self.decoder_layer_class.__name__,
             "template": self.template.spec(),
             "tokenizer": "tokenizer",
         }

@@ -50,7 +50,7 @@ class HFVisionEncoder(nn.Module):
             raise ValueError(f"unknown feature_select {feature_select!r}; valid: ['cls_patch', 'patch']")
         if pretrained is not None:
             config = _vision_config(AutoConfig.from_pretrained(pretrained))
-            tower = AutoModel.from_pretrained(pretrained, config=config)
+            tower = AutoModel.from_pretrained(pretrained, config=config, dtype=torch.float32)  # fp32 master weights
             mean, std = self._processor_normalisation(pretrained)
             image_mean, image_std = image_mean or mean, image_std or std
         else:
