@@ -30,6 +30,15 @@ def _vision_config(config):
     return getattr(config, "vision_config", None) or config
 
 
+def kept_blocks(n: int, feature_layer: int) -> int:
+    """Blocks to keep so that the last one is `feature_layer` (HF indexing: k is block k's output, -1 the last)."""
+    keep = n + 1 + feature_layer if feature_layer < 0 else feature_layer
+    if not 1 <= keep <= n:
+        raise ValueError(f"feature_layer={feature_layer} selects no block of a {n}-block tower "
+                         f"(valid: 1..{n} or -{n}..-1)")
+    return keep
+
+
 class HFVisionEncoder(nn.Module):
     """CLIP/SigLIP vision tower from a local path / hub id (`pretrained`) or a config dict (`hf_config`)."""
 
@@ -80,12 +89,7 @@ class HFVisionEncoder(nn.Module):
 
     @staticmethod
     def _cut_after_feature_layer(tower: nn.Module, feature_layer: int) -> nn.Module:
-        n = len(tower.encoder.layers)
-        # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k.
-        keep = n + 1 + feature_layer if feature_layer < 0 else feature_layer
-        if not 1 <= keep <= n:
-            raise ValueError(f"feature_layer={feature_layer} selects no encoder layer of a {n}-layer tower "
-                             f"(valid: 1..{n} or -{n}..-1)")
+        keep = kept_blocks(len(tower.encoder.layers), feature_layer)
         tower.encoder.layers = tower.encoder.layers[:keep]
         tower.config.num_hidden_layers = keep
         # The final norm and SigLIP's pooling head sit after the selected layer: unused.

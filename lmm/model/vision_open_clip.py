@@ -19,11 +19,11 @@ from torch import nn
 
 from lmm.data.transforms import ImageTransform
 from lmm.model.spec import spec_target
+from lmm.model.vision import kept_blocks
 from lmm.model.vision_timm import (
     check_feature_select,
     check_timm_vit,
     cut_timm_vit,
-    kept_blocks,
     square_size,
     timm_vit_tokens,
     unknown_model,

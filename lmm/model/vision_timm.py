@@ -20,6 +20,7 @@ from torch import nn
 
 from lmm.data.transforms import ImageTransform
 from lmm.model.spec import spec_target
+from lmm.model.vision import kept_blocks
 
 FEATURE_SELECT = ("cls_patch", "patch")
 # The names under which the hub repos of timm / open_clip keep their weights (a downloaded folder).
@@ -31,15 +32,6 @@ def check_feature_select(feature_select: str, has_cls: bool, tower: str) -> None
         raise ValueError(f"unknown feature_select {feature_select!r}; valid: {list(FEATURE_SELECT)}")
     if feature_select == "cls_patch" and not has_cls:
         raise ValueError(f"feature_select='cls_patch' but {tower} has no CLS token")
-
-
-def kept_blocks(n: int, feature_layer: int) -> int:
-    """Blocks to keep so that the last one is `feature_layer` (HF indexing: k is block k's output, -1 the last)."""
-    keep = n + 1 + feature_layer if feature_layer < 0 else feature_layer
-    if not 1 <= keep <= n:
-        raise ValueError(f"feature_layer={feature_layer} selects no block of a {n}-block tower "
-                         f"(valid: 1..{n} or -{n}..-1)")
-    return keep
 
 
 def unknown_model(library: str, name: str, known: list[str]) -> ValueError:
