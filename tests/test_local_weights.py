@@ -67,6 +67,7 @@ def test_paper_configs_build_from_local_folders_and_train_a_step(llm, vision, wi
     model = module.model
     assert model.llm.decoder_layer_class.__name__ == cfg.llm.decoder_layer
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(m.training for m in model.modules())  # from_pretrained's eval mode would switch dropout off
     assert module.trainable["vision"] == 0 and module.trainable["llm"] > 0
     template = build(cfg.llm.template)
     assert model.template == template  # the family's template, from the LLM config

@@ -24,6 +24,9 @@ class LMMTrainModule(L.LightningModule):
         self.save_hyperparameters({"model": to_plain(model), "tune": to_plain(tune), "optim": to_plain(optim),
                                    "parallel": to_plain(parallel or {})})
         self.model = LMM(**self.hparams.model)
+        # transformers' from_pretrained leaves models in eval mode and Lightning keeps modules' modes:
+        # without this, a pretrained LLM would fine-tune with its dropout switched off.
+        self.model.train()
         self.trainable = apply_tuning(self.model, self.hparams.tune)
         self._configured = False
 
