@@ -59,3 +59,20 @@ def test_fsdp2_bf16_lora_fit_exports_merged_float32_weights(data_dir, tmp_path):
     assert lmm.load(run / "pretrain/checkpoint").llm.model.config.model_type == "llama"
     header = (run / "pretrain/version_0/metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/loss" in header
+
+
+@pytest.mark.slow
+def test_local_multirun_of_two_process_cells(data_dir, tmp_path):
+    """Each cell of a local sweep starts (and ends) its own ranks: the ranks run that cell alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_DATA_DIR": str(data_dir), "LMM_RUNS_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "lmm.train", "-m", "llm=tiny_llama,tiny_qwen2", "strategy=ddp", "trainer.devices=2",
+           "threads=1", "recipe=base", "recipe.stages.pretrain.global_batch_size=8", "recipe.stages.sft.global_batch_size=8",
+           "data.loader.micro_batch_size=4", "+trainer.limit_train_batches=2", "evaluate=false",
+           "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    cells = sorted(p.parents[2].name for p in tmp_path.glob("easyvqa/*/base/sft/checkpoint"))
+    assert cells == ["tiny_siglip__mlp2x_gelu__tiny_llama__seed0", "tiny_siglip__mlp2x_gelu__tiny_qwen2__seed0"]
+    # rank 1 of each cell logged under its own name, once per cell: no rank re-ran the sweep
+    assert len(list(tmp_path.glob("easyvqa/*/base/train_ddp_process_1.log"))) == 2
+    assert len(list(tmp_path.glob("easyvqa/*/base/run.json"))) == 2

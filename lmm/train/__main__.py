@@ -1,16 +1,42 @@
 """python -m lmm.train [overrides]: train the recipe's stages (default: the easy-vqa CPU demo)."""
+import os
+import sys
+
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmm.train.run import train
+
+# What Lightning's process launcher leaves in the launching process's environment.
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _run_multirun_job(cfg: DictConfig) -> dict:
+    """One cell of a local multirun, left so that the next cell can start its own processes."""
+    # Lightning starts the other ranks of a multi-device job by re-running this command line, which
+    # here would be the whole sweep: their command is this cell alone.
+    sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
+    saved = {k: os.environ.get(k) for k in LAUNCH_ENV}
+    try:
+        return train(cfg)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved.items():  # with LOCAL_RANK left set, the next cell would not launch ranks
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = train(cfg)
+    out = _run_multirun_job(cfg) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
     if out["results"]:
         print(f"{out['results']['benchmark']} accuracy: {out['results']['accuracy']:.4f}")
     print(f"checkpoint: {out['checkpoint']}")
