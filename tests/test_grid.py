@@ -181,3 +181,18 @@ def test_hydra_multirun_over_a_2x2_tiny_grid_runs_both_stages(data_dir, tmp_path
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == 4 and all(r["loss/pretrain"] and r["loss/sft"] and r["easyvqa/accuracy"] for r in rows)
+
+
+def test_a_variant_outside_the_choices_cannot_overwrite_a_run_silently(data_dir, tmp_path):
+    first = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[pretrain]")
+    train(first)
+    again = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[sft]")  # same experiment, next stage: fine
+    assert again.run.path == first.run.path
+    other_lr = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[pretrain]", "recipe.stages.pretrain.optim.lr=0.5")
+    with pytest.raises(ValueError, match=r"recipe\.stages\.pretrain\.optim\.lr: 0\.001 -> 0\.5.*run\.tag="):
+        train(other_lr)
+    tagged = tiny_run(data_dir, tmp_path, "recipe=base", "recipe.stages.pretrain.optim.lr=0.5", "run.tag=_lr0.5")
+    assert tagged.run.path != first.run.path and tagged.run.cell.endswith("_lr0.5")
+    from lmm.train.run import check_run_folder, run_info
+
+    check_run_folder(Path(other_lr.paths.output_dir), run_info(other_lr), overwrite=True)  # asked for: allowed

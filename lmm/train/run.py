@@ -43,7 +43,37 @@ def run_info(cfg: DictConfig) -> dict:
     choices = to_plain(run.choices)
     return {"group": run.group, "name": f"{run.cell}/{choices['recipe']}", "cell": run.cell, "choices": choices,
             "seed": cfg.seed, "tag": run.tag, "tags": [f"{k}={v}" for k, v in choices.items()] + list(run.get("tags") or []),
-            "experiment": run.get("experiment"), "stages": list(cfg.run_stages)}
+            "experiment": run.get("experiment"), "stages": list(cfg.run_stages), "config": experiment_config(cfg)}
+
+
+def experiment_config(cfg: DictConfig) -> dict:
+    """What makes two runs the same experiment: the components, the recipe, the data and the seed."""
+    return {"vision": to_plain(cfg.vision), "connector": to_plain(cfg.connector), "llm": to_plain(cfg.llm),
+            "recipe": to_plain(cfg.recipe), "data": cfg.data.name, "seed": cfg.seed}
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def check_run_folder(run_dir: Path, info: dict, overwrite: bool) -> None:
+    """A run folder is named from the config-group choices only: a sweep over anything else (an lr,
+    a tune mode) would land in one folder and overwrite its runs. Refuse that, naming the difference."""
+    previous = run_dir / "run.json"
+    if overwrite or not previous.is_file():
+        return
+    before = dict(_flatten(json.loads(previous.read_text()).get("config", {})))
+    now = dict(_flatten(json.loads(json.dumps(info["config"]))))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise ValueError(f"{run_dir} holds a run of another configuration ({shown}{' ...' if len(changed) > 5 else ''}). "
+                         f"Name this variant with run.tag=_<name> (it is appended to the cell folder), or set "
+                         f"run.overwrite=true to replace that run.")
 
 
 def stage_template(prompt: str, model):
@@ -166,6 +196,7 @@ def train(cfg: DictConfig) -> dict:
         Path(cfg.paths.data_dir).mkdir(parents=True, exist_ok=True)
         with FileLock(str(Path(cfg.paths.data_dir) / f".{cfg.data.name}.prepare.lock")):
             build(cfg.data.prepare)
+    check_run_folder(run_dir, info, cfg.run.get("overwrite", False))
     if rank_zero_only.rank == 0:  # before training, so a crashed run is still identifiable
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
