@@ -188,7 +188,8 @@ def test_a_variant_outside_the_choices_cannot_overwrite_a_run_silently(data_dir,
     train(first)
     again = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[sft]")  # same experiment, next stage: fine
     assert again.run.path == first.run.path
-    other_lr = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[pretrain]", "recipe.stages.pretrain.optim.lr=0.5")
+    other_lr = tiny_run(data_dir, tmp_path, "recipe=base", "run_stages=[pretrain]", "recipe.stages.pretrain.optim.lr=0.5",
+                        "run.overwrite=false")  # the default inside a multirun (a single run warns)
     with pytest.raises(ValueError, match=r"recipe\.stages\.pretrain\.optim\.lr: 0\.001 -> 0\.5.*run\.tag="):
         train(other_lr)
     tagged = tiny_run(data_dir, tmp_path, "recipe=base", "recipe.stages.pretrain.optim.lr=0.5", "run.tag=_lr0.5")
@@ -196,3 +197,18 @@ def test_a_variant_outside_the_choices_cannot_overwrite_a_run_silently(data_dir,
     from lmm.train.run import check_run_folder, run_info
 
     check_run_folder(Path(other_lr.paths.output_dir), run_info(other_lr), overwrite=True)  # asked for: allowed
+
+
+@pytest.mark.slow
+def test_a_multirun_over_a_non_choice_axis_needs_a_tag(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_DATA_DIR": str(data_dir), "LMM_RUNS_DIR": str(tmp_path)}
+    base = [sys.executable, "-m", "lmm.train", "-m", "threads=1", "vision=tiny_clip", "run_stages=[pretrain]",
+            "evaluate=false", "+trainer.limit_train_batches=1", "+trainer.enable_progress_bar=false",
+            "callbacks.samples.num_samples=1", "recipe.stages.pretrain.optim.lr=0.1,0.2"]
+    done = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0 and "holds a run of another configuration" in done.stderr + done.stdout
+    tagged = [*base, "run.tag=_lr${recipe.stages.pretrain.optim.lr}"]
+    done = subprocess.run(tagged, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.parents[1].name for p in tmp_path.glob("easyvqa/*/demo/run.json")} >= {
+        "tiny_clip__mlp2x_gelu__tiny_llama__seed0_lr0.1", "tiny_clip__mlp2x_gelu__tiny_llama__seed0_lr0.2"}

@@ -60,20 +60,32 @@ def _flatten(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def check_run_folder(run_dir: Path, info: dict, overwrite: bool) -> None:
+def check_run_folder(run_dir: Path, info: dict, overwrite: bool | None) -> None:
     """A run folder is named from the config-group choices only: a sweep over anything else (an lr,
-    a tune mode) would land in one folder and overwrite its runs. Refuse that, naming the difference."""
+    a tune mode) would land in one folder and overwrite its runs. `overwrite`: true replaces the
+    earlier run; false refuses, naming the difference; null (default) refuses inside a multirun
+    and, in a single run (the user asked for this very run), warns and replaces."""
     previous = run_dir / "run.json"
     if overwrite or not previous.is_file():
         return
     before = dict(_flatten(json.loads(previous.read_text()).get("config", {})))
     now = dict(_flatten(json.loads(json.dumps(info["config"]))))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise ValueError(f"{run_dir} holds a run of another configuration ({shown}{' ...' if len(changed) > 5 else ''}). "
-                         f"Name this variant with run.tag=_<name> (it is appended to the cell folder), or set "
-                         f"run.overwrite=true to replace that run.")
+    if not changed:
+        return
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]) + (" ..." if len(changed) > 5 else "")
+    if overwrite is None and not _in_multirun():
+        log.warning("%s held a run of another configuration (%s); its outputs are being replaced", run_dir, shown)
+        return
+    raise ValueError(f"{run_dir} holds a run of another configuration ({shown}). Name this variant with "
+                     f"run.tag=_<name> (it is appended to the cell folder), or set run.overwrite=true to replace it.")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
 
 
 def stage_template(prompt: str, model):
