@@ -15,8 +15,6 @@ from safetensors.torch import load_file
 
 import lmm
 
-CELL = "easyvqa/tiny_siglip__mlp2x_gelu__tiny_llama__seed0/base"
-
 
 def fit_two_processes(data_dir, runs_dir, strategy, *overrides) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -28,7 +26,8 @@ def fit_two_processes(data_dir, runs_dir, strategy, *overrides) -> Path:
            "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=2", *overrides]
     done = subprocess.run(cmd, cwd=runs_dir, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return runs_dir / CELL
+    (run,) = runs_dir.glob("easyvqa/*/base")
+    return run
 
 
 @pytest.mark.slow
@@ -51,8 +50,10 @@ def test_fsdp2_and_ddp_two_process_fits_agree(data_dir, tmp_path):
 @pytest.mark.slow
 def test_fsdp2_bf16_lora_fit_exports_merged_float32_weights(data_dir, tmp_path):
     # the config's bf16 compute, with LoRA adapters on the sharded LLM
-    run = fit_two_processes(data_dir, tmp_path, "fsdp", "run_stages=[pretrain]",
-                            "recipe.stages.pretrain.tune.llm={mode:lora,r:4}")
+    # and a timm tower (its blocks are FSDP units too) with the resampler
+    run = fit_two_processes(data_dir, tmp_path, "fsdp", "run_stages=[pretrain]", "vision=tiny_timm_vit",
+                            "connector=resampler", "recipe.stages.pretrain.tune.llm={mode:lora,r:4}")
+    assert run.parent.name == "tiny_timm_vit__resampler__tiny_llama__seed0"
     weights = load_file(run / "pretrain/checkpoint/model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}  # sharded master weights stay fp32
     assert not any("lora_" in k or "base_layer" in k for k in weights)  # gathered, then merged on rank 0

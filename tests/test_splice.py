@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID as IMG
+from lmm.data.tokenize import IGNORE_INDEX
+from lmm.data.tokenize import IMAGE_TOKEN_ID as IMG
 from lmm.model.splice import splice_images
 
 
