@@ -208,7 +208,7 @@ def train(cfg: DictConfig) -> dict:
         Path(cfg.paths.data_dir).mkdir(parents=True, exist_ok=True)
         with FileLock(str(Path(cfg.paths.data_dir) / f".{cfg.data.name}.prepare.lock")):
             build(cfg.data.prepare)
-    check_run_folder(run_dir, info, cfg.run.get("overwrite", False))
+    check_run_folder(run_dir, info, cfg.run.get("overwrite"))
     if rank_zero_only.rank == 0:  # before training, so a crashed run is still identifiable
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
