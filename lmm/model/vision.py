@@ -39,6 +39,27 @@ def kept_blocks(n: int, feature_layer: int) -> int:
     return keep
 
 
+FEATURE_SELECT = ("cls_patch", "patch")
+
+
+def check_feature_select(feature_select: str, has_cls: bool, tower: str) -> None:
+    if feature_select not in FEATURE_SELECT:
+        raise ValueError(f"unknown feature_select {feature_select!r}; valid: {list(FEATURE_SELECT)}")
+    if feature_select == "cls_patch" and not has_cls:
+        raise ValueError(f"feature_select='cls_patch' but {tower} has no CLS token")
+
+
+def feature_spec(encoder) -> dict:
+    """The spec keys every vision encoder shares: which features it gives and how images are prepared."""
+    return {
+        "feature_layer": encoder.feature_layer,
+        "feature_select": encoder.feature_select,
+        "image_mean": list(encoder.transform.mean),
+        "image_std": list(encoder.transform.std),
+        "pad_to_square": encoder.transform.pad_to_square,
+    }
+
+
 class HFVisionEncoder(nn.Module):
     """CLIP/SigLIP vision tower from a local path / hub id (`pretrained`) or a config dict (`hf_config`)."""
 
@@ -55,8 +76,6 @@ class HFVisionEncoder(nn.Module):
         super().__init__()
         if (pretrained is None) == (hf_config is None):
             raise ValueError("give exactly one of `pretrained` (path or hub id) and `hf_config` (architecture dict)")
-        if feature_select not in ("patch", "cls_patch"):
-            raise ValueError(f"unknown feature_select {feature_select!r}; valid: ['cls_patch', 'patch']")
         if pretrained is not None:
             config = _vision_config(AutoConfig.from_pretrained(pretrained))
             tower = AutoModel.from_pretrained(pretrained, config=config, dtype=torch.float32)  # fp32 master weights
@@ -73,8 +92,7 @@ class HFVisionEncoder(nn.Module):
         self.feature_layer = feature_layer
         self.feature_select = feature_select
         self.has_cls = hasattr(tower.embeddings, "class_embedding")
-        if feature_select == "cls_patch" and not self.has_cls:
-            raise ValueError(f"feature_select='cls_patch' but {type(tower).__name__} has no CLS token")
+        check_feature_select(feature_select, self.has_cls, type(tower).__name__)
         self.tower = self._cut_after_feature_layer(tower, feature_layer)
         self.block_class = type(self.tower.encoder.layers[0])
         self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square)
@@ -129,9 +147,5 @@ class HFVisionEncoder(nn.Module):
         return {
             "_target_": spec_target(self),
             "hf_config": self.hf_config,
-            "feature_layer": self.feature_layer,
-            "feature_select": self.feature_select,
-            "image_mean": list(self.transform.mean),
-            "image_std": list(self.transform.std),
-            "pad_to_square": self.transform.pad_to_square,
+            **feature_spec(self),
         }

@@ -19,9 +19,8 @@ from torch import nn
 
 from lmm.data.transforms import ImageTransform
 from lmm.model.spec import spec_target
-from lmm.model.vision import kept_blocks
+from lmm.model.vision import check_feature_select, feature_spec, kept_blocks
 from lmm.model.vision_timm import (
-    check_feature_select,
     check_timm_vit,
     cut_timm_vit,
     square_size,
@@ -152,9 +151,5 @@ class OpenCLIPVisionEncoder(nn.Module):
             "_target_": spec_target(self),
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,
-            "feature_layer": self.feature_layer,
-            "feature_select": self.feature_select,
-            "image_mean": list(self.transform.mean),
-            "image_std": list(self.transform.std),
-            "pad_to_square": self.transform.pad_to_square,
+            **feature_spec(self),
         }

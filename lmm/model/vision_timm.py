@@ -20,18 +20,10 @@ from torch import nn
 
 from lmm.data.transforms import ImageTransform
 from lmm.model.spec import spec_target
-from lmm.model.vision import kept_blocks
+from lmm.model.vision import check_feature_select, feature_spec, kept_blocks
 
-FEATURE_SELECT = ("cls_patch", "patch")
 # The names under which the hub repos of timm / open_clip keep their weights (a downloaded folder).
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def check_feature_select(feature_select: str, has_cls: bool, tower: str) -> None:
-    if feature_select not in FEATURE_SELECT:
-        raise ValueError(f"unknown feature_select {feature_select!r}; valid: {list(FEATURE_SELECT)}")
-    if feature_select == "cls_patch" and not has_cls:
-        raise ValueError(f"feature_select='cls_patch' but {tower} has no CLS token")
 
 
 def unknown_model(library: str, name: str, known: list[str]) -> ValueError:
@@ -153,9 +145,5 @@ class TimmVisionEncoder(nn.Module):
             "_target_": spec_target(self),
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,
-            "feature_layer": self.feature_layer,
-            "feature_select": self.feature_select,
-            "image_mean": list(self.transform.mean),
-            "image_std": list(self.transform.std),
-            "pad_to_square": self.transform.pad_to_square,
+            **feature_spec(self),
         }
