@@ -7,8 +7,9 @@ from PIL import Image
 
 from lmm.data.collate import Collator
 from lmm.data.datamodule import LlavaDataModule
-from lmm.data.dataset import LlavaDataset, SampleProcessor, Skip
-from lmm.data.formats import read_records
+from lmm.data.dataset import SampleProcessor, Skip, process
+from lmm.data.loader import BatchDataset
+from lmm.data.sources import JsonSource
 from lmm.data.templates import PlainTemplate
 from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID
 
@@ -37,29 +38,35 @@ def image_root(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "img/a.png")
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "img/b.jpg")
-    (tmp_path / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "img/corrupt.png").write_bytes(b"GIF89a but not really an image")
     return tmp_path
 
 
 @pytest.fixture
 def processor(tiny_lmm, image_root):
     return SampleProcessor(tiny_lmm.tokenizer, tiny_lmm.template, tiny_lmm.image_transform,
-                           tiny_lmm.num_visual_tokens, str(image_root), max_length=256)
+                           tiny_lmm.num_visual_tokens, max_length=256)
 
 
-def test_read_json_and_jsonl(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps([GOOD, TEXT_ONLY]))
-    (tmp_path / "b.jsonl").write_text(json.dumps(GOOD) + "\n\n" + json.dumps(TEXT_ONLY) + "\n")
-    assert read_records(tmp_path / "a.json") == read_records(tmp_path / "b.jsonl") == [GOOD, TEXT_ONLY]
-    (tmp_path / "bad.jsonl").write_text(json.dumps(GOOD) + "\n{oops\n")
-    with pytest.raises(ValueError, match="bad.jsonl:2"):
-        read_records(tmp_path / "bad.jsonl")
-    with pytest.raises(FileNotFoundError):
-        read_records(tmp_path / "missing.json")
+@pytest.fixture
+def load(processor, image_root):
+    """record -> sample, images from `image_root` (as a JsonSource opens them)."""
+    def opener(path):
+        full = image_root / path
+        if not full.is_file():
+            raise FileNotFoundError(str(full))
+        return full
+    return lambda record: processor(record, opener)
 
 
-def test_sample_has_one_placeholder_and_assistant_labels(processor, tiny_lmm):
-    s = processor(GOOD)
+def one_record_source(tmp_path, image_root, record):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    return JsonSource(path, image_root)
+
+
+def test_sample_has_one_placeholder_and_assistant_labels(load, tiny_lmm):
+    s = load(GOOD)
     assert s["pixel_values"].shape == (1, 3, 32, 32)
     assert int((s["input_ids"] == IMAGE_TOKEN_ID).sum()) == 1
     trained = s["labels"][s["labels"] != IGNORE_INDEX].tolist()
@@ -67,33 +74,33 @@ def test_sample_has_one_placeholder_and_assistant_labels(processor, tiny_lmm):
     assert tok.decode(trained) == " blue</s> circle</s>"
 
 
-def test_text_only_and_several_images(processor):
-    assert processor(TEXT_ONLY)["pixel_values"] is None
-    two = processor(TWO_IMAGES)
+def test_text_only_and_several_images(load):
+    assert load(TEXT_ONLY)["pixel_values"] is None
+    two = load(TWO_IMAGES)
     assert two["pixel_values"].shape == (2, 3, 32, 32)
     assert int((two["input_ids"] == IMAGE_TOKEN_ID).sum()) == 2
 
 
 @pytest.mark.parametrize("reason", sorted(BAD))
-def test_each_bad_record_is_skipped_with_its_reason(processor, reason):
-    item = LlavaDataset([BAD[reason]], processor)[0]
+def test_each_bad_record_is_skipped_with_its_reason(processor, reason, tmp_path, image_root):
+    item = process(one_record_source(tmp_path, image_root, BAD[reason]), processor, 0)
     assert isinstance(item, Skip) and item.reason == reason
 
 
-def test_too_long_counts_visual_tokens(processor):
+def test_too_long_counts_visual_tokens(processor, tmp_path, image_root):
     processor.max_length = 20  # the image alone is 16 visual tokens
-    assert LlavaDataset([GOOD], processor)[0].reason == "too_long"
+    assert process(one_record_source(tmp_path, image_root, GOOD), processor, 0).reason == "too_long"
 
 
-def test_plain_template_sample(processor):
+def test_plain_template_sample(processor, load):
     processor.template = PlainTemplate()
-    s = processor({"id": "cap", "image": "img/a.png", "conversations": conv("<image>\ndescribe", "A blue box.")})
+    s = load({"id": "cap", "image": "img/a.png", "conversations": conv("<image>\ndescribe", "A blue box.")})
     assert s["input_ids"][1] == IMAGE_TOKEN_ID
     assert processor.tokenizer.decode(s["labels"][s["labels"] != IGNORE_INDEX]) == "A blue box.\n</s>"
 
 
-def test_collate_mixes_text_only_and_images_and_reports_skips(processor):
-    items = [processor(GOOD), processor(TEXT_ONLY), Skip("image_missing", "x"), processor(TWO_IMAGES)]
+def test_collate_mixes_text_only_and_images_and_reports_skips(processor, load):
+    items = [load(GOOD), load(TEXT_ONLY), Skip("image_missing", "x"), load(TWO_IMAGES)]
     batch = Collator(pad_token_id=processor.tokenizer.pad_token_id)(items)
     assert batch["num_samples"] == 3 and batch["skipped"] == [("image_missing", "x")]
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
@@ -125,33 +132,14 @@ def test_datamodule_needs_the_model_facts(image_root):
         LlavaDataModule(["x.json"], str(image_root)).setup("fit")
 
 
-def test_skip_monitor_stops_past_the_limit_and_counts_reasons():
-    from unittest.mock import MagicMock
-
-    from lmm.train.callbacks import SkipMonitor
-
-    monitor = SkipMonitor(max_fraction=0.25, min_records=8)
-    module = MagicMock()
-    ok = {"num_samples": 3, "skipped": [("image_missing", "a.png")]}
-    monitor.on_train_batch_end(None, module, None, ok, 0)  # 1 of 4 skipped, below min_records
-    monitor.on_train_batch_end(None, module, None, ok, 1)  # 2 of 8: 25%, at the limit
-    monitor.on_train_epoch_end(None, module)
-    logged = {c.args[0]: c.args[1] for c in module.log.call_args_list}
-    assert logged["data/skipped"] == 2 and logged["data/skipped_image_missing"] == 2
-    assert logged["data/skipped_fraction"] == 0.25
-    bad = {"num_samples": 1, "skipped": [("too_long", "x")] * 3}
-    with pytest.raises(RuntimeError, match=r"too_long.*max_fraction"):
-        monitor.on_train_batch_end(None, module, None, bad, 2)
-
-
-def test_cached_dataset_processes_each_record_once(processor):
-    calls = []
-
-    def counting(record):
-        calls.append(record["id"])
-        return processor(record)
-
-    ds = LlavaDataset([GOOD, BAD["image_missing"]], counting, cache=True)
-    first = [ds[0], ds[1], ds[0], ds[1]]
-    assert calls == ["a", "m"]
+def test_cached_dataset_processes_each_record_once(processor, tmp_path, image_root):
+    path = tmp_path / "two.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(BAD["image_missing"]) + "\n")
+    source = JsonSource(path, image_root)
+    reads = []
+    read = source.read
+    source.read = lambda i: reads.append(i) or read(i)
+    ds = BatchDataset(source, processor, Collator(processor.tokenizer.pad_token_id), cache=True)
+    first = [ds.sample(0), ds.sample(1), ds.sample(0), ds.sample(1)]
+    assert reads == [0, 1]
     assert first[0] is first[2] and isinstance(first[3], Skip)

@@ -104,7 +104,8 @@ def test_every_tiny_cell_takes_a_training_step(llm, vision, connector, data_dir,
     module = LMMTrainModule(model_spec(cfg), full, {"lr": 1e-3})
     model = module.model
     dm = LlavaDataModule([], str(data_dir / "easyvqa")).attach(model, model.template)
-    batch = Collator(model.tokenizer.pad_token_id)([dm.processor(r) for r in sft_records])
+    root = data_dir / "easyvqa"
+    batch = Collator(model.tokenizer.pad_token_id)([dm.processor(r, lambda p: root / p) for r in sft_records])
     out = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
     n_images = batch["pixel_values"].shape[0]
     assert out.logits.shape[1] == batch["input_ids"].shape[1] + n_images // len(sft_records) * (model.num_visual_tokens - 1)

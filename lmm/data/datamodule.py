@@ -1,60 +1,170 @@
-"""LightningDataModule over LLaVA-format annotation files.
+"""LightningDataModule over LLaVA-format data: lazy sources, a length pass, a batching plan per rank,
+and the position in the epoch saved in Lightning checkpoints.
 
 The model's facts (tokenizer, template, image transform, visual-token count) are handed over with
 `attach` before fitting; the data config only says where the data is and how to batch it.
+
+Bad records: those whose text is unusable (malformed turns, placeholder/image mismatch, over-long
+under `over_length: drop`, invalid JSON) are found by the length pass, left out of the plan and
+counted up front (`skip_counts`); image problems are found when a sample is loaded and travel with
+its batch. `SkipMonitor` adds both up (over all ranks), logs them and enforces the limit.
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
-import torch
+import numpy as np
+from filelock import FileLock
 from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
-from lmm.data.dataset import LlavaDataset, SampleProcessor
-from lmm.data.formats import read_records
+from lmm.data.dataset import SampleProcessor
+from lmm.data.lengths import LengthTable, length_table
+from lmm.data.loader import BatchDataset, PlanSampler
+from lmm.data.plan import BatchingConfig
+from lmm.data.sources import open_sources
+
+log = logging.getLogger(__name__)
 
 
 class LlavaDataModule(L.LightningDataModule):
     def __init__(
         self,
         annotations: Sequence[str],
-        image_root: str,
+        image_root: str | Sequence[str],
         micro_batch_size: int = 8,
         num_workers: int = 2,
         max_length: int = 2048,
         shuffle: bool = True,
         cache: bool = False,
         seed: int = 0,
+        batching: str = "random",
+        max_tokens: int | None = None,
+        pack_length: int | None = None,
+        window: int | None = None,
+        over_length: str = "drop",
+        strict: bool = False,
+        source: str = "json",
+        index_dir: str | None = None,
     ):
         super().__init__()
-        if isinstance(annotations, str):
-            annotations = [annotations]
-        self.annotations, self.image_root = list(annotations), image_root
-        self.micro_batch_size, self.num_workers, self.max_length = micro_batch_size, num_workers, max_length
-        self.shuffle, self.cache, self.seed = shuffle, cache, seed
+        self.annotations = [annotations] if isinstance(annotations, str) else list(annotations)
+        self.image_root = image_root
+        self.batching = BatchingConfig(batching, micro_batch_size, max_tokens, pack_length, window, shuffle, seed)
+        self.num_workers, self.max_length, self.cache = num_workers, max_length, cache
+        self.over_length, self.strict, self.source_kind, self.index_dir = over_length, strict, source, index_dir
         self.processor: SampleProcessor | None = None
-        self.train_set: LlavaDataset | None = None
+        self.source = None
+        self.table: LengthTable | None = None
+        self.sampler: PlanSampler | None = None
+        self.indices = self.lengths = None
+        self.skip_counts: Counter = Counter()  # records left out of every epoch, by reason
+        self._resume: dict | None = None
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batching.micro_batch_size
 
     def attach(self, model, template) -> LlavaDataModule:
         """Take the tokenizer, image transform and visual-token count from `model`; `template`
         is the stage's prompt format (the LLM's chat template, or the plain pretrain one)."""
         self.processor = SampleProcessor(model.tokenizer, template, model.image_transform, model.num_visual_tokens,
-                                         self.image_root, self.max_length)
+                                         self.max_length, self.over_length)
         return self
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage: str | None = None, rank: int | None = None, world: int | None = None) -> None:
+        """Reads the lengths (once) and plans this rank's micro-batches. `rank`/`world` default to
+        the trainer's; the runner calls it before the trainer exists, to size gradient accumulation."""
         if self.processor is None:
             raise RuntimeError("LlavaDataModule.attach(model, template) must be called before setup")
-        if self.train_set is None:
-            records = [r for path in self.annotations for r in read_records(path)]
-            self.train_set = LlavaDataset(records, self.processor, cache=self.cache)
+        trainer = getattr(self, "trainer", None)
+        rank = rank if rank is not None else trainer.global_rank if trainer else 0
+        world = world if world is not None else trainer.world_size if trainer else 1
+        if self.table is None:
+            self._measure()
+        if self.sampler is not None and (self.sampler.rank, self.sampler.world) == (rank, world):
+            return
+        self.sampler = PlanSampler(self.indices, self.lengths, self.table.images, self.batching, rank, world,
+                                   self.max_length, self.source.block_size)
+        plan = self.sampler.plan(0)
+        self.plan_stats = {"records": len(self.source), "samples": len(self.indices), "batching": self.batching.batching,
+                           "micro_batches_per_rank": len(self.sampler), "token_efficiency": plan.efficiency}
+        log.info("data: %d of %d records usable, %d micro-batches per rank of %d (%s), planned token efficiency %.3f",
+                 len(self.indices), len(self.source), len(self.sampler), world, self.batching.batching, plan.efficiency)
+        if self._resume is not None:
+            self._apply_resume()
+
+    def _measure(self) -> None:
+        self.source = open_sources(self.annotations, self.image_root, self.index_dir, self.source_kind)
+        if self.index_dir:  # every rank asks; one measures, the others read its cache
+            Path(self.index_dir).mkdir(parents=True, exist_ok=True)
+            with FileLock(str(Path(self.index_dir) / ".lengths.lock")):
+                self.table = length_table(self.source, self.processor, self.index_dir, self.num_workers, self.strict)
+        else:
+            self.table = length_table(self.source, self.processor, None, self.num_workers, self.strict)
+        self.lengths = self.table.lengths(self.processor.num_visual_tokens)
+        usable = self.table.status == 0
+        too_long = usable & (self.lengths > self.max_length)
+        if self.over_length == "drop":
+            usable &= ~too_long
+        if self.strict and too_long.any() and self.over_length == "drop":
+            i = int(np.flatnonzero(too_long)[0])
+            raise ValueError(f"record {i} of {self.source.describe()} is {self.lengths[i]} tokens, over max_length "
+                             f"{self.max_length} (data.loader.strict is on; or set over_length: truncate)")
+        self.skip_counts = self.table.skip_counts()
+        if self.over_length == "drop" and too_long.any():
+            self.skip_counts["too_long"] += int(too_long.sum())
+        self.truncated_planned = int(too_long.sum()) if self.over_length == "truncate" else 0
+        self.indices = np.flatnonzero(usable)
+        log.info("data: %s%s", self.source.describe(),
+                 f" | left out of every epoch: {dict(self.skip_counts)}" if self.skip_counts else "")
+        for reason, details in self.table.examples.items():
+            for d in details:
+                log.warning("bad record (%s): %s", reason, d)
+
+    @property
+    def samples_per_micro_batch(self) -> float:
+        """Mean samples per micro-batch (varies in the token modes); sets gradient accumulation."""
+        plan = self.sampler.plan(0)
+        return plan.num_samples / max(1, len(plan.batches))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set, batch_size=self.micro_batch_size, shuffle=self.shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            collate_fn=Collator(self.processor.tokenizer.pad_token_id),
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        dataset = BatchDataset(self.source, self.processor,
+                               Collator(self.processor.tokenizer.pad_token_id, packed=self.batching.batching == "packed"),
+                               strict=self.strict, cache=self.cache)
+        return DataLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    # -- resuming: the position in the epoch goes into Lightning checkpoints --------------------------
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or self.sampler is None:
+            return {}
+        # `ready` counts the micro-batches this epoch has started; a checkpoint is written after the
+        # step that consumed the last of them (mid-epoch) or at the epoch's end.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": trainer.current_epoch, "done": done, "micro_batches": len(self.sampler),
+                "world": self.sampler.world, "samples": len(self.sampler.indices), "batching": self.batching.batching,
+                "seed": self.batching.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = dict(state)
+            if self.sampler is not None:
+                self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        state, self._resume = self._resume, None
+        now = {"world": self.sampler.world, "samples": len(self.sampler.indices), "batching": self.batching.batching,
+               "seed": self.batching.seed, "micro_batches": len(self.sampler)}
+        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        if changed:
+            raise ValueError(f"cannot resume the data position exactly: the checkpoint's plan differs in "
+                             f"{ {k: f'{a} -> {b}' for k, (a, b) in changed.items()} }. Resume with the same "
+                             f"devices, data, batching and seed, or start the stage afresh.")
+        if state["done"] < len(self.sampler):
+            self.sampler.resume(state["epoch"], state["done"])

@@ -5,35 +5,10 @@ A record: {"id": ..., "image": "coco/train2017/x.jpg" (or a list, or absent for 
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from lmm.data.templates import IMAGE_PLACEHOLDER, Message, check_alternation
 from lmm.data.tokenize import SampleError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """All records of a `.json` (a list) or `.jsonl` (one object per line) annotation file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    if path.suffix == ".jsonl":
-        records = []
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        return records
-    with path.open() as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
 
 
 def image_paths(record: dict) -> list[str]:

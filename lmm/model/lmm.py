@@ -24,10 +24,14 @@ class LMMOutput:
     loss: torch.Tensor | None = None  # mean next-token loss over labelled tokens
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting labels[t + 1] from position t, over labelled tokens."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of predicting labels[t + 1] from position t, over labelled tokens. In a
+    packed row, a target in another segment than t (the next sample's first token) is ignored."""
     shift_logits = logits[:, :-1].flatten(0, 1).float()
-    shift_labels = labels[:, 1:].flatten()
+    shift_labels = labels[:, 1:]
+    if segment_ids is not None:
+        shift_labels = shift_labels.masked_fill(segment_ids[:, 1:] != segment_ids[:, :-1], IGNORE_INDEX)
+    shift_labels = shift_labels.flatten()
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
 
@@ -69,7 +73,7 @@ class LMM(nn.Module):
             features = self.vision(pixel_values)
         return self.connector(features)
 
-    def _splice(self, input_ids, pixel_values, attention_mask, labels, padding_side):
+    def _splice(self, input_ids, pixel_values, attention_mask, labels, padding_side, segment_ids=None):
         # Text-only batches never touch the vision tower.
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
         image_embeds = self.encode_images(pixel_values) if has_images else None
@@ -77,14 +81,27 @@ class LMM(nn.Module):
         text_embeds = self.llm.embed(text_ids)
         if image_embeds is not None:
             image_embeds = image_embeds.to(text_embeds.dtype)
-        return splice_images(input_ids, text_embeds, image_embeds, attention_mask, labels, padding_side)
+        return splice_images(input_ids, text_embeds, image_embeds, attention_mask, labels, padding_side, segment_ids)
 
-    def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None) -> LMMOutput:
-        s = self._splice(input_ids, pixel_values, attention_mask, labels, "right")
-        out = self.llm.model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                             position_ids=s.position_ids, use_cache=False)
-        loss = causal_lm_loss(out.logits, s.labels) if labels is not None else None
-        return LMMOutput(logits=out.logits, attention_mask=s.attention_mask, labels=s.labels, loss=loss)
+    def _packed_rows(self, batch: int) -> int:
+        """Rows to hand a packed batch to the LLM in. Flash attention finds the samples from the
+        position ids only at batch size 1 (transformers' _is_packed_sequence) and would otherwise
+        attend across them, so there the rows go end to end: each row starts at position 0, so rows
+        stay separate. Eager/sdpa/flex get a block-diagonal mask per row (find_packed_sequence_indices)."""
+        return 1 if "flash" in (self.llm.model.config._attn_implementation or "") else batch
+
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, segment_ids=None) -> LMMOutput:
+        """segment_ids (B, T): packed rows, 1, 2, ... per sample and 0 on padding (see splice_images)."""
+        s = self._splice(input_ids, pixel_values, attention_mask, labels, "right", segment_ids)
+        # Packed: no 2-D mask, so transformers reads the sample boundaries from the restarting
+        # position ids (given a padding mask it would build one causal mask over the whole row).
+        batch, width, dim = s.inputs_embeds.shape
+        rows, mask = (batch, s.attention_mask) if segment_ids is None else (self._packed_rows(batch), None)
+        out = self.llm.model(inputs_embeds=s.inputs_embeds.reshape(rows, -1, dim), attention_mask=mask,
+                             position_ids=s.position_ids.reshape(rows, -1), use_cache=False)
+        logits = out.logits.reshape(batch, width, -1)
+        loss = causal_lm_loss(logits, s.labels, s.segment_ids) if labels is not None else None
+        return LMMOutput(logits=logits, attention_mask=s.attention_mask, labels=s.labels, loss=loss)
 
     @torch.no_grad()
     def generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 64,

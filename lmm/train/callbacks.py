@@ -5,51 +5,100 @@ import time
 from collections import Counter, deque
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lmm.data.dataset import SKIP_REASONS
 
 
 class SkipMonitor(L.Callback):
-    """Counts records the data pipeline skipped (by reason), logs them at each epoch end, and
-    stops the run once more than `max_fraction` of the records seen were skipped (checked from
-    `min_records` on, so one bad record early in an epoch does not end a run, and at epoch end)."""
+    """Counts the records the data pipeline skipped, by reason, and stops the run once more than
+    `max_fraction` of the records were skipped.
 
-    def __init__(self, max_fraction: float = 0.01, min_records: int = 200, examples_per_reason: int = 3):
+    Two kinds add up: records the datamodule's length pass left out of the plan (unusable text,
+    over-long under `over_length: drop`; known before the first step, so checked at fit start) and
+    records found bad when loaded (images), which travel with their batch. Load-time counts are
+    summed over ranks every `check_every` micro-batches (every rank at the same step, so a stop is
+    collective) and at each epoch end, when all counts are logged as `data/skipped*`."""
+
+    def __init__(self, max_fraction: float = 0.01, min_records: int = 200, examples_per_reason: int = 3,
+                 check_every: int = 50):
         self.max_fraction, self.min_records, self.examples = max_fraction, min_records, examples_per_reason
-        self.counts: Counter = Counter()
-        self.seen = 0
+        self.check_every = check_every
+        self.counts: Counter = Counter()  # load-time skips of this rank, this epoch
+        self.seen = 0  # records loaded by this rank this epoch (used or skipped)
+        self.truncated = 0
+        self._restored = False
+
+    def _planned(self, trainer) -> tuple[Counter, int]:
+        dm = trainer.datamodule
+        return (Counter(getattr(dm, "skip_counts", {})), len(dm.source)) if getattr(dm, "source", None) else (Counter(), 0)
+
+    def on_fit_start(self, trainer, pl_module):
+        planned, records = self._planned(trainer)
+        if records and sum(planned.values()) > self.max_fraction * records:
+            self._stop(planned, records)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._restored:  # a resumed epoch keeps what its first part counted
+            self._restored = False
+            return
+        self.counts, self.seen, self.truncated = Counter(), 0, 0
+
+    def state_dict(self):
+        return {"counts": dict(self.counts), "seen": self.seen, "truncated": self.truncated}
+
+    def load_state_dict(self, state_dict):
+        self.counts, self.seen = Counter(state_dict["counts"]), state_dict["seen"]
+        self.truncated, self._restored = state_dict.get("truncated", 0), True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         skipped = batch.get("skipped", [])
         self.seen += batch["num_samples"] + len(skipped)
+        self.truncated += batch.get("truncated", 0)
         for reason, detail in skipped:
             self.counts[reason] += 1
             if self.counts[reason] <= self.examples:
                 rank_zero_warn(f"skipped a record ({reason}): {detail}")
-        if self.seen >= self.min_records:
-            self._check()
+        if (batch_idx + 1) % self.check_every == 0:
+            counts, seen, _ = self._summed(trainer)
+            if seen >= self.min_records and sum(counts.values()) > self.max_fraction * seen:
+                self._stop(counts, seen)
 
-    def _check(self):
-        fraction = sum(self.counts.values()) / max(1, self.seen)
-        if fraction > self.max_fraction:
-            raise RuntimeError(f"{fraction:.1%} of {self.seen} records were skipped, over the limit of "
-                               f"{self.max_fraction:.1%}: {dict(self.counts)}. Fix the data or raise "
-                               f"callbacks.skip_monitor.max_fraction.")
+    def _summed(self, trainer) -> tuple[Counter, int, int]:
+        """Load-time counts over all ranks (a collective: every rank calls it at the same step)."""
+        vector = torch.tensor([self.counts.get(r, 0) for r in SKIP_REASONS] + [self.seen, self.truncated],
+                              dtype=torch.float64, device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            vector = trainer.strategy.reduce(vector, reduce_op="sum")
+        values = [int(v) for v in vector.tolist()]
+        return Counter({r: n for r, n in zip(SKIP_REASONS, values) if n}), values[-2], values[-1]
+
+    def _stop(self, counts: Counter, seen: int):
+        fraction = sum(counts.values()) / max(1, seen)
+        raise RuntimeError(f"{fraction:.1%} of {seen} records were skipped, over the limit of "
+                           f"{self.max_fraction:.1%}: {dict(counts)}. Fix the data or raise "
+                           f"callbacks.skip_monitor.max_fraction.")
 
     def on_train_epoch_end(self, trainer, pl_module):
-        total = sum(self.counts.values())
-        pl_module.log("data/skipped", float(total))
-        pl_module.log("data/skipped_fraction", total / max(1, self.seen))
-        for reason, n in self.counts.items():
-            pl_module.log(f"data/skipped_{reason}", float(n))
-        if total:
-            rank_zero_info(f"skipped {total} of {self.seen} records: {dict(self.counts)}")
-        self._check()  # small data sets never reach min_records mid-epoch
-
-    def state_dict(self):
-        return {"counts": dict(self.counts), "seen": self.seen}
-
-    def load_state_dict(self, state_dict):
-        self.counts, self.seen = Counter(state_dict["counts"]), state_dict["seen"]
+        loaded, seen, truncated = self._summed(trainer)
+        planned, records = self._planned(trainer)
+        counts = planned + loaded
+        total = sum(counts.values())
+        # Every record of the epoch is either planned out or loaded (a resumed epoch loads fewer).
+        records = max(records, seen + sum(planned.values()))
+        pl_module.log("data/skipped", float(total), rank_zero_only=True)
+        pl_module.log("data/skipped_fraction", total / max(1, records), rank_zero_only=True)
+        pl_module.log("data/truncated", float(truncated), rank_zero_only=True)
+        for reason in SKIP_REASONS:
+            if counts.get(reason):
+                pl_module.log(f"data/skipped/{reason}", float(counts[reason]), rank_zero_only=True)
+        if total or truncated:
+            rank_zero_info(f"epoch {trainer.current_epoch}: skipped {total} of {records} records {dict(counts)}, "
+                           f"truncated {truncated}")
+        self.last = {"skipped": dict(counts), "records": records, "truncated": truncated}
+        if total > self.max_fraction * records:
+            self._stop(counts, records)
 
 
 class ThroughputMonitor(L.Callback):
@@ -70,11 +119,15 @@ class ThroughputMonitor(L.Callback):
         if batch["num_samples"]:
             n_images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
             tokens = int(batch["attention_mask"].sum()) + n_images * (pl_module.model.num_visual_tokens - 1)
-        self.window.append((now - self.last, tokens, batch["num_samples"]))
+        self.window.append((now - self.last, tokens, batch["num_samples"], batch.get("real_tokens", 0),
+                            batch.get("computed_tokens", 0)))
         self.last = now
         seconds = sum(w[0] for w in self.window)
         pl_module.log("train/tokens_per_s", sum(w[1] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
         pl_module.log("train/samples_per_s", sum(w[2] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
+        computed = sum(w[4] for w in self.window)
+        if computed:  # real tokens / computed (rows x longest row): what padding costs, measured
+            pl_module.log("train/token_efficiency", sum(w[3] for w in self.window) / computed)
 
 
 class SamplePredictions(L.Callback):

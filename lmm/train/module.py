@@ -49,7 +49,8 @@ class LMMTrainModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch["num_samples"] == 0:  # every record of the batch was skipped (counted by SkipMonitor)
             return None
-        out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
+        packed = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}
+        out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"], **packed)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["num_samples"])
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return out.loss

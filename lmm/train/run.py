@@ -105,6 +105,19 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     return global_batch // per_step
 
 
+def stage_accumulation(global_batch: int, datamodule, world_size: int) -> int:
+    """Fixed-size batching keeps the recipe's global batch exactly; the token modes batch a varying
+    number of samples, so their accumulation keeps it on average (the plan's mean per micro-batch)."""
+    if datamodule.batching.batching in ("random", "length_grouped"):
+        return accumulation(global_batch, datamodule.micro_batch_size, world_size)
+    per_step = datamodule.samples_per_micro_batch * world_size
+    steps = max(1, round(global_batch / per_step))
+    log.info("%s batching: %.1f samples per micro-batch on average; accumulating %d micro-batches gives a global "
+             "batch of %.0f samples on average (recipe: %d)", datamodule.batching.batching,
+             datamodule.samples_per_micro_batch, steps, steps * per_step, global_batch)
+    return steps
+
+
 def init_weights(module: LMMTrainModule, stage_name: str, init) -> None:
     """Load the stage's starting weights: `init.checkpoint` (all modules, or `init.modules`)."""
     if not init or not init.get("checkpoint"):
@@ -178,21 +191,28 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed)  # data built once, in train()
     datamodule.attach(module.model, stage_template(stage.prompt, module.model))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
+    datamodule.setup("fit", rank=0, world=world_size)  # lengths and plan: the token modes size accumulation from it
+    accumulate = stage_accumulation(stage.global_batch_size, datamodule, world_size)
     stage_dir = run_dir / name
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning checkpoints (for resuming) in the stage folder
-        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True,
+                                         every_n_train_steps=cfg.get("checkpoint_every")))
     logger = make_logger(cfg, info, name, run_dir)
     trainer = instantiate(
         cfg.trainer,
         strategy=make_strategy(cfg.strategy.lightning, world_size),
         max_epochs=stage.epochs,
-        accumulate_grad_batches=accumulation(stage.global_batch_size, loader["micro_batch_size"], world_size),
+        accumulate_grad_batches=accumulate,
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(stage_dir),
     )
-    trainer.fit(module, datamodule=datamodule)
+    last = stage_dir / "lightning" / "last.ckpt"
+    resume_from = str(last) if cfg.get("resume") and last.is_file() else None
+    if resume_from:
+        log.info("stage %s: resuming from %s", name, resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     checkpoint = stage_dir / "checkpoint"
     export(module, trainer, checkpoint)
     return checkpoint, trainer, logger
@@ -214,11 +234,17 @@ def train(cfg: DictConfig) -> dict:
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     checkpoint, trainer, logger = None, None, None
     for name in cfg.run_stages:
+        done = run_dir / name / "checkpoint"
+        if cfg.get("resume") and (done / "model.safetensors").is_file():
+            log.info("stage %s: finished earlier (%s), not run again (resume=true)", name, done)
+            checkpoint = done
+            continue
         if logger is not None and isinstance(logger, WandbLogger):
             logger.experiment.finish()  # one W&B run per stage
         checkpoint, trainer, logger = fit_stage(cfg, name, run_dir, info)
     results = None
-    if cfg.evaluate and cfg.data.get("eval") and checkpoint is not None and trainer.is_global_zero:
+    is_zero = trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
+    if cfg.evaluate and cfg.data.get("eval") and checkpoint is not None and is_zero:
         from lmm.eval.run import evaluate_checkpoint
         results = evaluate_checkpoint(checkpoint, cfg.data.eval, run_dir / "eval", **cfg.generation)
         if logger is not None:

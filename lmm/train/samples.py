@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from lightning.pytorch.loggers import WandbLogger
 
 from lmm.data.formats import image_paths, to_messages
@@ -14,19 +16,24 @@ from lmm.eval.generate import left_pad
 
 def _prompts(datamodule, n: int) -> list[dict]:
     """Up to n usable records as (prompt ids, images, reference); unusable ones are passed over."""
-    processor, rows = datamodule.processor, []
-    for record in datamodule.train_set.records:
+    processor, source, rows = datamodule.processor, datamodule.source, []
+    for index in np.flatnonzero(datamodule.table.status == 0)[: 4 * n]:
         if len(rows) == n:
             break
+        index = int(index)
         try:
+            record = source.read(index)
             messages = to_messages(record)
             ids, _ = encode_segments(processor.template.render(messages[:1], add_generation_prompt=True),
                                      processor.tokenizer)
             paths = image_paths(record)
-            pixels = [processor.load_image(p) for p in paths]
-        except (SampleError, ValueError):
+            pixels = [processor.load_image(lambda p: source.open_image(index, p), p) for p in paths]
+            files = [source.open_image(index, p) for p in paths]
+            images = [Image.open(f).convert("RGB") for f in files]
+        except (SampleError, ValueError, OSError):
             continue
-        rows.append({"ids": ids, "pixels": pixels, "images": [str(Path(processor.image_root) / p) for p in paths],
+        rows.append({"ids": ids, "pixels": pixels, "pil": images,
+                     "images": [str(f) if isinstance(f, (str, Path)) else p for f, p in zip(files, paths)],
                      "prompt": messages[0].content, "reference": messages[1].content})
     return rows
 
@@ -67,6 +74,6 @@ def log_samples(rows: list[dict], trainer) -> None:
         if isinstance(logger, WandbLogger):
             import wandb
 
-            data = [[wandb.Image(r["images"][0]) if r["images"] else None, r["prompt"], r["reference"], r["prediction"]]
+            data = [[wandb.Image(r["pil"][0]) if r["pil"] else None, r["prompt"], r["reference"], r["prediction"]]
                     for r in rows]
             logger.log_table("samples/predictions", columns=["image", "prompt", "reference", "prediction"], data=data)
