@@ -29,10 +29,10 @@ def reference(image: Image.Image, size: int, mean, std, resample="bicubic", pad=
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def photo(w: int, h: int, seed: int = 0) -> Image.Image:
+def photo(w: int, h: int, seed: int = 0, cell: int = 8) -> Image.Image:
     """Smooth colour fields plus grain: every output pixel mixes different input values."""
     rng = np.random.default_rng(seed)
-    low = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    low = rng.integers(0, 256, (max(2, h // cell), max(2, w // cell), 3), dtype=np.uint8)
     base = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
     return Image.fromarray(np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8))
 
@@ -109,7 +109,7 @@ def test_torch_backend_converts_every_mode(mode):
 
 def jpeg(w: int, h: int) -> bytes:
     buf = io.BytesIO()
-    photo(w, h, seed=3).save(buf, "JPEG", quality=90)
+    photo(w, h, seed=3, cell=40).save(buf, "JPEG", quality=90)  # features larger than an output pixel
     return buf.getvalue()
 
 

@@ -19,12 +19,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from filelock import FileLock
-from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
 from lmm.data.dataset import SampleProcessor
 from lmm.data.lengths import LengthTable, length_table
-from lmm.data.loader import BatchDataset, PlanSampler
+from lmm.data.loader import BatchDataset, PlanLoader, PlanSampler
 from lmm.data.plan import BatchingConfig
 from lmm.data.sources import open_sources
 
@@ -132,11 +131,11 @@ class LlavaDataModule(L.LightningDataModule):
         plan = self.sampler.plan(0)
         return plan.num_samples / max(1, len(plan.batches))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> PlanLoader:
         dataset = BatchDataset(self.source, self.processor,
                                Collator(self.processor.tokenizer.pad_token_id, packed=self.batching.batching == "packed"),
                                strict=self.strict, cache=self.cache)
-        return DataLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=self.num_workers,
+        return PlanLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     # -- resuming: the position in the epoch goes into Lightning checkpoints --------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lmm.data.collate import Collator
 from lmm.data.dataset import SampleProcessor, process
@@ -84,3 +84,15 @@ class BatchDataset(Dataset):
     def __getitem__(self, batch: Batch) -> dict:
         items = [[self.sample(i) for i in row] for row in batch]
         return self.collator(items if self.collator.packed else [row[0] for row in items])
+
+
+class PlanLoader(DataLoader):
+    """A DataLoader that tells Lightning it resumes: the position itself is saved by the datamodule
+    (`LlavaDataModule.state_dict`), from the training loop's count of micro-batches started, which
+    a DataLoader cannot know (Lightning fetches one batch ahead)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass

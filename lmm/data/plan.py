@@ -13,7 +13,8 @@ A micro-batch is a tuple of rows and a row a tuple of sample indices: one sample
 Modes (`batching`):
   random          shuffled, `micro_batch_size` samples (the tail spread evenly, never above it)
   length_grouped  LLaVA's modality-length grouping: image and text-only samples apart, each sorted
-                  by length within megabatches of world x micro batch x `window`, same batch size
+                  by length within megabatches of world x micro batch x `window`, micro batches of
+                  `micro_batch_size` (the leftovers of the two modalities form the last, smaller ones)
   token_budget    variable batch size: samples sorted by length, as many per micro-batch as fit in
                   `max_tokens` computed tokens (rows x longest row)
   packed          samples packed best-fit into rows of `pack_length` tokens, `max_tokens //
@@ -72,17 +73,26 @@ def _random(order, n_batches) -> list[Batch]:
     return _rows(np.array_split(order, n_batches))
 
 
-def _length_grouped(order, lengths, images, cfg, world, n_batches) -> list[Batch]:
-    mega = world * cfg.micro_batch_size * (cfg.window or 1)
-    stream = []
+def _length_grouped(order, lengths, images, cfg, world) -> list[Batch]:
+    """Per modality, megabatches of world x micro batch x window samples sorted by length, each cut
+    into micro-batches of exactly `micro_batch_size` (consecutive ones form a global step: ranks get
+    similar lengths). What is left of both modalities forms the last, smaller micro-batches."""
+    size = cfg.micro_batch_size
+    mega = world * size * (cfg.window or 1)
+    full, rest = [], []
     for part in (order[images[order] > 0], order[images[order] == 0]):  # modalities apart, as LLaVA
-        for m in range(0, len(part), mega):
+        n_full = len(part) // mega * mega
+        for m in range(0, n_full, mega):
             chunk = part[m:m + mega]
-            stream.append(chunk[np.argsort(-lengths[chunk], kind="stable")])
-    stream = np.concatenate(stream) if stream else order
-    # Consecutive micro-batches have similar lengths: the caller keeps each group of `world` together
-    # (one global step, balanced across ranks) when it shuffles the steps.
-    return _rows(np.array_split(stream, n_batches))
+            full += _rows(np.split(chunk[np.argsort(-lengths[chunk], kind="stable")], mega // size))
+        rest.append(part[n_full:])
+    rest = np.concatenate(rest)
+    rest = rest[np.argsort(-lengths[rest], kind="stable")]
+    tail = _rows(np.array_split(rest, -(-len(rest) // size))) if len(rest) else []
+    try:
+        return full + balance(tail, world, lengths)
+    except ValueError:  # fewer leftovers than ranks: split full micro-batches too
+        return balance(full + tail, world, lengths)
 
 
 def _token_budget(order, lengths, cfg, max_tokens) -> list[Batch]:
@@ -204,7 +214,7 @@ def make_plan(indices: np.ndarray, lengths: np.ndarray, images: np.ndarray, cfg:
         order = epoch_order(indices, cfg.seed, epoch, block_size, cfg.shuffle)
         n_batches = -(-len(indices) // (world * cfg.micro_batch_size)) * world
         batches = (_random(order, n_batches) if cfg.batching == "random"
-                   else _length_grouped(order, lengths, images, cfg, world, n_batches))
+                   else _length_grouped(order, lengths, images, cfg, world))
         if cfg.batching == "length_grouped" and cfg.shuffle:
             batches = _shuffle_steps(batches, world, cfg, [cfg.seed, epoch, 7])
     else:

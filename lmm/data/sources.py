@@ -51,7 +51,7 @@ def jsonl_spans(path: Path) -> np.ndarray:
     ends = np.concatenate(ends + [np.array([base])]) if ends else np.array([0])
     starts = np.concatenate([[0], ends[:-1] + 1])
     spans = np.stack([starts, ends], 1).astype(np.int64)
-    short = np.flatnonzero(spans[:, 1] - spans[:, 0] <= 2)  # blank lines ("", "\r", " \r"...)
+    short = np.flatnonzero(spans[:, 1] - spans[:, 0] < 64)  # no LLaVA record is this short: look for blank lines
     if len(short):
         with path.open("rb") as f:
             blank = [i for i in short if not _read(f, *spans[i]).strip()]

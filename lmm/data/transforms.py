@@ -13,16 +13,18 @@ width first, and a padding row stays the fill colour, so this is the same arithm
 rows), and `uint8 -> (x/255 - mean)/std` is one copy into a preallocated tensor plus a fused
 per-channel scale and offset. Two opt-in choices trade exactness for time:
 
-* `backend="torch"`: the resize runs in torch's uint8 antialiased kernel (the Pillow algorithm,
-  vectorised: several times faster than Pillow's), bicubic or bilinear only. Its fixed-point
-  weights are narrower than Pillow's, so ~0.1-0.5% of the output values differ by one grey level
-  (1/255 before normalising), never more.
+* `backend="torch"`: the resize runs in torch's uint8 antialiased kernel (Pillow's algorithm,
+  vectorised: ~5x faster than Pillow's resize), bicubic or bilinear only. Its fixed-point weights
+  are narrower than Pillow's, so some values differ from the exact output by one grey level (1/255
+  before normalising): under 0.5% of them for a photo shrunk to 336/384 px (up to ~8% for tiny
+  images at some ratios), and by up to two levels when a small image is enlarged.
 * `fast_jpeg_draft=True`: a JPEG not yet decoded is decoded at 1/2, 1/4 or 1/8 scale in the DCT
-  (Pillow's `Image.draft`) when the reduced image still has its longer side >= `image_size`, so the
-  final resize still only shrinks. Pixels change (the DCT scaling is a different low-pass than a
-  bicubic over the full image), and odd sizes round up by a pixel, which can move the padding by
-  one pixel. It only applies to images at least twice the output size (never to COCO's <= 640 px
-  images at 336/384 px).
+  (Pillow's `Image.draft`) when the reduced image keeps the longer side >= `image_size` (each side
+  >= `image_size` without padding), so the final resize still only shrinks. Pixels change: the DCT
+  scaling is a cruder low-pass than a bicubic over the full image, and an odd side rounds up, which
+  can move the padding by up to half an output pixel (a 1-2 grey-level mean difference on
+  photo-like images, hard edges up to tens of levels). It only applies to images at least twice
+  the output size: never to COCO's <= 640 px images at 336/384 px.
 """
 from __future__ import annotations
 
