@@ -69,7 +69,7 @@ def bad_records(image_dir: str = "coco") -> dict[str, dict]:
         "empty_turn": {"id": "b-empty", "conversations": conv("q", "  ")},
         "unknown_role": {"id": "b-role", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
         "too_long": {"id": "b-long", "image": f"{image_dir}/r0.png",
-                     "conversations": conv("<image>\n" + "what colour is it? " * 40, "blue " * 60)},
+                     "conversations": conv("<image>\n" + "what colour is it? " * 200, "blue " * 200)},
     }
 
 

@@ -189,6 +189,27 @@ def conversation(t: Text, image: str, rid: int) -> dict:
     return {"id": f"{rid:09d}", "image": image, "conversations": conv}
 
 
+def plain_transform(size: int, mean, std):
+    """The straightforward recipe `ImageTransform` replaced (its code before this benchmark): the
+    baseline row of (a). Same output as `backend="pillow"` to float rounding."""
+    fill = tuple(int(round(255 * m)) for m in mean)
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        if w != h:
+            side = max(w, h)
+            canvas = Image.new(image.mode, (side, side), fill)
+            canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+            image = canvas
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1).div_(255.0)
+        return (x - mean_t) / std_t
+    return transform
+
+
 # -- setup -----------------------------------------------------------------------------------------
 
 def prepare(root: Path, n_images: int, seed: int, vocab_size: int):
@@ -295,6 +316,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=384, choices=sorted(TOWERS), help="tower input size")
     ap.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts for (d); '' skips (d)")
     ap.add_argument("--backends", default="pillow,torch", help="ImageTransform backends to measure")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="leave out the plain (pre-optimisation) transform row of (a)")
     ap.add_argument("--dir", default=None, help="where to generate (and reuse) the data; default a temporary folder")
     ap.add_argument("--repeats", type=int, default=3, help="passes per single-process measurement (best is kept)")
     ap.add_argument("--micro-batch", type=int, default=8)
@@ -369,10 +392,16 @@ def main(argv=None) -> None:
     rate, cpu = timed(lambda r: base.encode(r), records, args.repeats)
     row("(b) text: template+tokenise+mask", "-", rate, cpu)
     backends = [b for b in args.backends.split(",") if b]
+    if args.baseline:
+        tf = plain_transform(args.size, mean, std)
+        rate, cpu = timed(lambda p: decode(p, tf), paths, args.repeats)
+        row("(a) decode + transform", "plain", rate, cpu, note="the transform's code before this benchmark")
     for backend in backends:
         tf = ImageTransform(args.size, mean, std, backend=backend)
         rate, cpu = timed(lambda p: decode(p, tf), paths, args.repeats)
         row("(a) decode + transform", backend, rate, cpu)
+    rate, cpu = timed(lambda p: Image.open(p).load(), paths, args.repeats)
+    row("(a') JPEG decode alone", "-", rate, cpu)
     for backend in backends:
         proc = SampleProcessor(tokenizer, template, ImageTransform(args.size, mean, std, backend=backend), n_visual,
                                args.max_length)
