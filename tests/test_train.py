@@ -98,3 +98,27 @@ def test_unknown_choices_list_the_valid_ones(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, "recipe.stages.sft.tune.llm=half")
     with pytest.raises(ValueError, match="unknown tune mode 'half'"):
         LMMTrainModule(model_spec(cfg), cfg.recipe.stages.sft.tune, cfg.recipe.stages.sft.optim)
+
+
+def test_runner_resumes_a_killed_stage_and_skips_finished_ones(data_dir, tmp_path):
+    from tests.test_resume import Killed
+
+    run = tmp_path / "easyvqa/tiny_clip__mlp2x_gelu__tiny_llama__seed0/base"
+    common = ["recipe=base", "evaluate=false", "checkpoint_every=1", "callbacks.samples.num_samples=0",
+              "recipe.stages.pretrain.global_batch_size=4"]
+    kill = ["+callbacks.kill._target_=tests.test_resume.KillAt", "+callbacks.kill.epoch=0", "+callbacks.kill.batch_idx=2"]
+    with pytest.raises(Killed):
+        train(compose_train(data_dir, tmp_path, *common, *kill))
+    ckpt = torch.load(run / "pretrain/lightning/last.ckpt", weights_only=False)
+    assert ckpt["LlavaDataModule"]["done"] == 2 and ckpt["global_step"] == 2
+
+    out = train(compose_train(data_dir, tmp_path, *common, "resume=true"))
+    steps = [int(r.split(",")[header.index("step")]) for header in
+             [(run / "pretrain/version_1/metrics.csv").read_text().splitlines()[0].split(",")]
+             for r in (run / "pretrain/version_1/metrics.csv").read_text().splitlines()[1:]]
+    assert min(steps) >= 2 and max(steps) == 3  # the resumed pretrain ran only the batches after the kill
+    assert Path(out["checkpoint"]) == run / "sft/checkpoint"
+
+    again = train(compose_train(data_dir, tmp_path, *common, "resume=true"))  # both stages finished: nothing runs
+    assert again["checkpoint"] == out["checkpoint"]
+    assert not (run / "pretrain/version_2").exists() and not (run / "sft/version_1").exists()

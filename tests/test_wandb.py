@@ -63,7 +63,8 @@ def test_offline_wandb_runs_record_names_groups_tags_metrics_and_samples(data_di
         assert {"vision=tiny_clip", "connector=mlp2x_gelu", "llm=tiny_llama", "recipe=base", "data=easyvqa",
                 "smoke"} <= set(run.tags)
         assert {"run", "recipe", "vision", "llm", "tune", "optim", "model"} <= s["config"]  # hyper-parameters
-        assert {"train/loss", "train/lr", "train/tokens_per_s", "train/samples_per_s", "data/skipped"} <= s["history"]
+        assert {"train/loss", "train/lr", "train/tokens_per_s", "train/samples_per_s", "train/token_efficiency",
+                "data/skipped", "data/skipped_fraction", "data/truncated"} <= s["history"]
         assert any(k.startswith("samples/predictions") for k in s["history"])  # the sample-prediction table
     assert "eval/easyvqa/accuracy" in runs["sft"]["history"] and "eval/easyvqa/accuracy" not in runs["pretrain"]["history"]
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/samples/predictions_*.table.json"))

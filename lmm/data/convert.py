@@ -129,10 +129,14 @@ class ItemWriter:
 
 
 def convert(annotations: Sequence[str], image_root: str | Sequence[str], output: str, chunk_bytes: str | int = "64MB",
-            workers: int | None = None, overwrite: bool = False, start_method: str = "spawn",
+            workers: int | None = None, overwrite: bool = False, start_method: str | None = None,
             verbose: bool = True) -> dict:
     """Write the optimized dataset to `output` (a local folder: upload it as a whole afterwards).
-    Returns the summary (also written to `<output>/lmm_convert.json`)."""
+    Returns the summary (also written to `<output>/lmm_convert.json`).
+
+    `start_method` of litdata's worker processes: default "fork" where the platform has it. The
+    workers only read files, and forking skips re-importing torch and litdata in every worker
+    (litdata's own default, "spawn", costs seconds per worker before the first record)."""
     import litdata
 
     t0 = time.perf_counter()
@@ -166,6 +170,7 @@ def convert(annotations: Sequence[str], image_root: str | Sequence[str], output:
     writer = ItemWriter(out / RECORDS, spans, np.cumsum(counts), roots, missing_dir)
 
     workers = max(1, min(workers or os.cpu_count() or 1, n))
+    start_method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     previous = mp.get_start_method(allow_none=True)  # litdata sets the start method process-wide
     try:
         # keep_data_ordered: each worker converts one contiguous slice of the inputs in order, and the
@@ -209,11 +214,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--chunk-bytes", default="64MB", help="target shard size (litdata units: 64MB, 256MB, ...)")
     parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    parser.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None,
+                        help="how litdata starts its workers (default: fork where available)")
     parser.add_argument("--part", default="<part>", help="the data config part it is for (pretrain, sft), for the "
                                                          "printed override")
     args = parser.parse_args(argv)
     chunk_bytes = int(args.chunk_bytes) if args.chunk_bytes.isdigit() else args.chunk_bytes
-    s = convert(args.annotations, args.image_root, args.output, chunk_bytes, args.workers, args.overwrite)
+    s = convert(args.annotations, args.image_root, args.output, chunk_bytes, args.workers, args.overwrite,
+                args.start_method)
     print(f"\nconverted {s['records']} records with {s['images']} images ({s['images_missing']} missing) into "
           f"{s['chunks']} chunks, {s['bytes'] / 2**20:.1f} MiB, in {s['seconds']:.1f} s")
     if s["images_missing"]:
