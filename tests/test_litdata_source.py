@@ -3,6 +3,7 @@ as the JSON path: records in input order, image bytes as on disk, missing images
 import contextlib
 import io
 import json
+import multiprocessing as mp
 import shutil
 from collections import Counter
 
@@ -56,11 +57,14 @@ def data(tmp_path_factory):
     lines.insert(9, BROKEN_LINE)
     (root / "b.jsonl").write_text("\n".join(lines) + "\n")
     out = root / "shards"
-    stdout = io.StringIO()
+    import litdata  # noqa: F401  (importing it fixes the start method at the platform default)
+
+    stdout, start_method = io.StringIO(), mp.get_start_method(allow_none=True)
     with contextlib.redirect_stdout(stdout):  # the CLI, with 2 workers and small chunks: several per worker
         summary = main(["--annotations", str(root / "a.json"), str(root / "b.jsonl"), "--image-root",
                         str(root / "images"), "--image-root", str(root / "more"), "--output", str(out),
                         "--chunk-bytes", "6000", "--workers", "2", "--part", "sft"])
+    assert mp.get_start_method(allow_none=True) == start_method  # litdata sets it process-wide; restored
     originals = JSON_RECORDS + JSONL_RECORDS[:9] + [None] + JSONL_RECORDS[9:]  # None: the broken line
     assert len(originals) == summary["records"]
     roots = [root / "images"] * len(JSON_RECORDS) + [root / "more"] * (len(originals) - len(JSON_RECORDS))
@@ -118,7 +122,8 @@ def test_local_url_goes_through_the_download_path(data, tmp_path):
     assert source.remote and source.local.is_relative_to(tmp_path)
     check_records_and_images(source, data)
     again = LitDataSource(f"local:{data['out']}", index_dir=str(tmp_path))
-    assert again.local == source.local and again.fingerprint == source.fingerprint == LitDataSource(str(data["out"])).fingerprint
+    assert again.local == source.local
+    assert again.fingerprint == source.fingerprint == LitDataSource(str(data["out"])).fingerprint
 
 
 def test_misaligned_records_are_caught(data, tmp_path):
@@ -156,7 +161,7 @@ def per_sample_pixels(batches, records_by_id):
 def test_datamodule_matches_the_json_path(data, tiny_lmm, tmp_path):
     root = data["root"]
     records_by_id = {r["id"]: r for r in data["originals"] if isinstance(r, dict)}
-    kw = dict(micro_batch_size=3, max_length=256)
+    kw = {"micro_batch_size": 3, "max_length": 256}
     lit = LlavaDataModule([str(data["out"])], "unused", source="litdata", num_workers=2, index_dir=str(tmp_path), **kw)
     ref = LlavaDataModule([str(root / "a.json"), str(root / "b.jsonl")], [str(root / "images"), str(root / "more")],
                           num_workers=0, **kw)

@@ -54,7 +54,10 @@ def record_line(raw: bytes) -> bytes:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return raw.replace(b"\n", b" ")
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate escape ("\\ud800") cannot be UTF-8: keep it escaped
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def write_records(sources: Sequence[JsonSource], path: Path) -> tuple[np.ndarray, int]:
@@ -85,8 +88,9 @@ def _images_of(raw: bytes) -> list[str]:
 
 
 class ItemWriter:
-    """The `fn` given to `litdata.optimize`: record index -> item. Runs in litdata's worker processes
-    (pickled; it holds the byte spans of records.jsonl and which image root each record uses)."""
+    """The `fn` given to `litdata.optimize`: a range of record indices -> their items, in order (a
+    generator: litdata writes every item it yields). Runs in litdata's worker processes; it holds
+    the byte spans of records.jsonl and which image root each record uses."""
 
     def __init__(self, records: Path, spans: np.ndarray, ends: np.ndarray, roots: Sequence[str], missing_dir: Path):
         self.records, self.spans, self.ends, self.roots = str(records), spans, ends, [str(r) for r in roots]
@@ -107,7 +111,11 @@ class ItemWriter:
         with open(os.path.join(self.missing_dir, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    def __call__(self, index: int) -> dict:
+    def __call__(self, bounds: tuple[int, int]):
+        for index in range(*bounds):
+            yield self.item(index)
+
+    def item(self, index: int) -> dict:
         start, end = (int(x) for x in self.spans[index])
         raw = os.pread(self._file(), end - start, start)
         root = self.roots[int(np.searchsorted(self.ends, index, side="right"))]
@@ -156,6 +164,9 @@ def convert(annotations: Sequence[str], image_root: str | Sequence[str], output:
     for stale in (out / MISSING, out / INFO):
         stale.unlink(missing_ok=True)
 
+    for r in roots:
+        if not Path(r).is_dir():
+            raise FileNotFoundError(f"image root not found: {r}")
     sources = [JsonSource(a, r) for a, r in zip(annotations, roots)]  # byte spans only: no file is held in memory
     counts, n_images = write_records(sources, out / RECORDS)
     n = int(counts.sum())
@@ -170,14 +181,18 @@ def convert(annotations: Sequence[str], image_root: str | Sequence[str], output:
     writer = ItemWriter(out / RECORDS, spans, np.cumsum(counts), roots, missing_dir)
 
     workers = max(1, min(workers or os.cpu_count() or 1, n))
+    # litdata's inputs are ranges of records rather than single records: a few thousand inputs
+    # instead of millions (litdata queues each input), still about 8 per worker for small sets.
+    step = max(1, min(256, -(-n // (8 * workers))))
+    inputs = [(s, min(n, s + step)) for s in range(0, n, step)]
     start_method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     previous = mp.get_start_method(allow_none=True)  # litdata sets the start method process-wide
     try:
         # keep_data_ordered: each worker converts one contiguous slice of the inputs in order, and the
         # workers' chunk lists are merged in worker order, so item k is record k (the default shares
         # one work queue between workers, which does not keep the order). reorder_files only applies
-        # to inputs that are file paths; ours are record indices, so it is off to say so.
-        litdata.optimize(fn=writer, inputs=list(range(n)), output_dir=str(out), chunk_bytes=chunk_bytes,
+        # to inputs that are file paths; ours are record ranges, so it is off to say so.
+        litdata.optimize(fn=writer, inputs=inputs, output_dir=str(out), chunk_bytes=chunk_bytes,
                          num_workers=workers, keep_data_ordered=True, reorder_files=False,
                          mode="overwrite" if overwrite else None, start_method=start_method, verbose=verbose)
     finally:
@@ -226,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{s['chunks']} chunks, {s['bytes'] / 2**20:.1f} MiB, in {s['seconds']:.1f} s")
     if s["images_missing"]:
         print(f"missing images (kept as records; training counts them as image_missing): {Path(s['output']) / MISSING}")
-    print(f"dataset: {s['output']}\nuse it with: data.{args.part}.annotations=[{s['output']}] data.loader.source=litdata")
+    print(f"dataset: {s['output']}")
+    print(f"use it with: data.{args.part}.annotations=[{s['output']}] data.loader.source=litdata")
     return s
 
 

@@ -83,7 +83,8 @@ class LitDataSource:
                 raise FileNotFoundError(f"{self.local} is not a litdata optimized dataset (no {INDEX}); "
                                         f"write one with `python -m lmm.data.convert`")
         if not (self.local / RECORDS).is_file():
-            raise FileNotFoundError(f"{self.input_dir} has no {RECORDS}: was it written by `python -m lmm.data.convert`?")
+            raise FileNotFoundError(f"{self.input_dir} has no {RECORDS}: was it written by "
+                                    f"`python -m lmm.data.convert`?")
         index_bytes = (self.local / INDEX).read_bytes()
         index = json.loads(index_bytes)
         fields = set((index.get("config") or {}).get("types") or {})
@@ -102,7 +103,8 @@ class LitDataSource:
         # by the short tails, the mode is noise when counts vary by one or two).
         self.block_size = max(1, int(np.median(sizes))) if len(sizes) else 1
         # index.json carries the conversion time ("updated_at"), so a re-conversion changes it.
-        self.fingerprint = hashlib.sha1(index_bytes + f"|{(self.local / RECORDS).stat().st_size}".encode()).hexdigest()[:16]
+        records_size = (self.local / RECORDS).stat().st_size
+        self.fingerprint = hashlib.sha1(index_bytes + f"|{records_size}".encode()).hexdigest()[:16]
         self._dataset = None
         self._pid: int | None = None
         self._last: tuple[int, dict, bytes] | None = None
@@ -135,8 +137,8 @@ class LitDataSource:
         except (json.JSONDecodeError, AttributeError):
             found = None
         if int(item["index"]) != i or found != expected:
-            raise RuntimeError(f"{self.input_dir} is misaligned: item {i} holds record {item['index']} (id {found!r}) but "
-                               f"{RECORDS} line {i} has id {expected!r}; convert the data set again")
+            raise RuntimeError(f"{self.input_dir} is misaligned: item {i} holds record {item['index']} (id {found!r}) "
+                               f"but {RECORDS} line {i} has id {expected!r}; convert the data set again")
         images, offset = {}, 0
         for entry in json.loads(item["images"]):
             path, size = entry[0], entry[1]
