@@ -122,3 +122,18 @@ def test_runner_resumes_a_killed_stage_and_skips_finished_ones(data_dir, tmp_pat
     again = train(compose_train(data_dir, tmp_path, *common, "resume=true"))  # both stages finished: nothing runs
     assert again["checkpoint"] == out["checkpoint"]
     assert not (run / "pretrain/version_2").exists() and not (run / "sft/version_1").exists()
+
+
+def test_token_modes_keep_the_global_batch_on_average():
+    from types import SimpleNamespace
+
+    from lmm.data.plan import BatchingConfig
+    from lmm.train.run import stage_accumulation
+
+    fixed = SimpleNamespace(batching=BatchingConfig("length_grouped", micro_batch_size=8), micro_batch_size=8)
+    assert stage_accumulation(128, fixed, 4) == 4
+    with pytest.raises(ValueError, match="not a multiple"):
+        stage_accumulation(100, fixed, 4)
+    packed = SimpleNamespace(batching=BatchingConfig("packed"), micro_batch_size=8, samples_per_micro_batch=10.7)
+    assert stage_accumulation(256, packed, 8) == 3  # 256 / (10.7 x 8) = 2.99
+    assert stage_accumulation(16, packed, 8) == 1  # never below one micro-batch
