@@ -20,7 +20,7 @@ def reference(image: Image.Image, size: int, mean, std, resample="bicubic", pad=
     w, h = image.size
     if pad and w != h:
         side = max(w, h)
-        canvas = Image.new("RGB", (side, side), tuple(int(round(255 * m)) for m in mean))
+        canvas = Image.new("RGB", (side, side), tuple(round(255 * m) for m in mean))
         canvas.paste(image, ((side - w) // 2, (side - h) // 2))
         image = canvas
     if image.size != (size, size):
@@ -195,3 +195,25 @@ def test_unknown_backend_and_torch_resample_rejected():
         ImageTransform(8, MEAN, STD, backend="cv2")
     with pytest.raises(ValueError, match="bilinear"):
         ImageTransform(8, MEAN, STD, resample="lanczos", backend="torch")
+
+
+def test_uint8_pixels_reach_the_model_normalised(tiny_lmm):
+    """The data pipeline ships uint8; the model normalises on its device, to the same input."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 44, 3), dtype=np.uint8))
+    pixels = tiny_lmm.image_transform.pixels(image)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 32, 32)
+    normalised = tiny_lmm.image_transform(image)
+    assert torch.allclose(tiny_lmm.image_transform.normalize(pixels), normalised, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(tiny_lmm.encode_images(pixels[None]), tiny_lmm.encode_images(normalised[None]), atol=1e-6)
+
+
+def test_the_resize_backend_is_part_of_the_checkpoint(tiny_specs, tmp_path):
+    import lmm
+    from lmm.model.lmm import LMM
+
+    specs = {**tiny_specs, "vision": {**tiny_specs["vision"], "resize_backend": "torch"}}
+    model = LMM(**specs)
+    assert model.image_transform.backend == "torch"
+    model.save_pretrained(tmp_path / "ckpt")
+    assert lmm.load(tmp_path / "ckpt").image_transform.backend == "torch"

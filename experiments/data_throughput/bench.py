@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,18 +25,18 @@ from types import SimpleNamespace
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer is used
 
-import numpy as np  # noqa: E402
-import PIL  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+import numpy as np
+import PIL
+import torch
+from PIL import Image, ImageDraw, ImageFilter
 
-from lmm.data.dataset import SampleProcessor  # noqa: E402
-from lmm.data.tokenize import SampleError  # noqa: E402
-from lmm.data.tokenizer_build import train_bpe_tokenizer  # noqa: E402
-from lmm.data.transforms import ImageTransform  # noqa: E402
-from lmm.model.spec import build  # noqa: E402
+from lmm.data.dataset import SampleProcessor
+from lmm.data.tokenize import SampleError
+from lmm.data.tokenizer_build import train_bpe_tokenizer
+from lmm.data.transforms import ImageTransform
+from lmm.model.spec import build
 
-DATA_VERSION = 1  # bump when the generated data changes, so a --dir made by an older script is rebuilt
+DATA_VERSION = 2  # bump when the generated data changes, so a --dir made by an older script is rebuilt
 
 # Sizes of COCO train2017 photos (the bulk of LLaVA-1.5's images), roughly by frequency.
 COCO_SIZES = [((640, 480), 0.30), ((640, 427), 0.20), ((480, 640), 0.12), ((427, 640), 0.10), ((500, 375), 0.10),
@@ -92,7 +93,7 @@ def make_images(root: Path, n: int, rng: np.random.Generator) -> list[str]:
 
 # -- conversations ---------------------------------------------------------------------------------
 
-COMMON = ("the a of and to in is on with at it that this there are image picture two man woman person people "
+_COMMON_TEXT = ("the a of and to in is on with at it that this there are image picture two man woman person people "
           "table street car bus train dog cat bird horse sign building room kitchen food plate pizza street "
           "sitting standing holding wearing looking near next behind front left right top bottom white black red "
           "blue green yellow brown large small several group background foreground appears seems likely may "
@@ -100,7 +101,8 @@ COMMON = ("the a of and to in is on with at it that this there are image picture
           "water grass tree sky field road window door wall floor light shirt hat bag phone computer laptop "
           "player ball game tennis baseball frisbee skateboard surfboard snow beach ocean boat plane clock "
           "bench umbrella chair couch bed tv book vase bowl cup bottle banana apple orange sandwich cake "
-          "because however suggests indicates overall setting atmosphere possibly enjoying together").split()
+          "because however suggests indicates overall setting atmosphere possibly enjoying together")
+COMMON = list(dict.fromkeys(_COMMON_TEXT.split()))
 Q_VQA = ["What color is the {n}?", "How many {n}s are there?", "Is there a {n} in the image?", "What is the {n} doing?",
          "Where is the {n}?", "What is on the {n}?", "Is the {n} {a}?", "What kind of {n} is this?",
          "Which side of the picture is the {n} on?", "What is the {n} made of?"]
@@ -116,8 +118,9 @@ DETAIL = ["Describe the image in detail.", "What do you see happening in this im
 def vocabulary(rng: np.random.Generator, n: int = 30000) -> list[str]:
     """Common English words first, then pronounceable made-up words: a Zipf draw over them gives
     a word-frequency profile like English text with a long tail."""
-    onsets = "b c d f g h j k l m n p r s t v w z br cr dr fr gr pl pr st tr sh ch th".split()
-    vowels = "a e i o u ai ea ee oo ou".split()
+    onsets = ["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "cr",
+              "dr", "fr", "gr", "pl", "pr", "st", "tr", "sh", "ch", "th"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou"]
     codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ng", "ck"]
     words, seen = list(COMMON), set(COMMON)
     while len(words) < n:
@@ -192,7 +195,7 @@ def conversation(t: Text, image: str, rid: int) -> dict:
 def plain_transform(size: int, mean, std):
     """The straightforward recipe `ImageTransform` replaced (its code before this benchmark): the
     baseline row of (a). Same output as `backend="pillow"` to float rounding."""
-    fill = tuple(int(round(255 * m)) for m in mean)
+    fill = tuple(round(255 * m) for m in mean)
     mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
     def transform(image: Image.Image) -> torch.Tensor:
@@ -238,21 +241,22 @@ def prepare(root: Path, n_images: int, seed: int, vocab_size: int):
     return root / "llava.json", tokenizer, (t_img, time.perf_counter() - t1)
 
 
-def machine_info() -> list[str]:
-    cpu = "unknown CPU"
+def machine_info(cpus: set[int]) -> list[str]:
+    info = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = info.get("model name", "unknown CPU")
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
     import tokenizers
-    return [f"CPU: {cpu}; {os.cpu_count()} logical cores, {affinity} usable by this process; "
-            f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
-            f"Python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, numpy {np.__version__}, "
-            f"tokenizers {tokenizers.__version__}"]
+    return [(f"CPU: {cpu}; {os.cpu_count()} logical cores, {len(cpus)} usable by this process; "
+             f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"),
+            (f"Python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, "
+             f"numpy {np.__version__}, tokenizers {tokenizers.__version__}")]
 
 
 # -- measurements ----------------------------------------------------------------------------------
@@ -275,16 +279,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_loader(ann: Path, root: Path, processor_parts, workers: int, micro_batch: int, max_length: int,
-               min_samples: int) -> dict:
-    """Samples/s through `LlavaDataModule.train_dataloader()`, timed from the first batch on (worker
-    start-up left out), over whole epochs until `min_samples`; also the workers' and the main
-    process' CPU seconds over that time, and the length pass' time (`setup`)."""
+def run_loader(cfg: dict) -> dict:
+    """(d), run in a fresh process (`bench.py --loader-run CFG`) so the workers fork from a small
+    parent, as a training process' would, not from one holding the other stages' leftovers.
+    Samples/s through `LlavaDataModule.train_dataloader()`, timed from the first batch on (worker
+    start-up left out) over whole epochs until `min_samples`; also the CPU seconds the workers (all
+    their threads: the result queue's feeder thread pickles batches into shared memory) and the
+    main process used over that time, and the length pass' time (`setup`)."""
+    from transformers import AutoTokenizer
+
     from lmm.data.datamodule import LlavaDataModule
-    dm = LlavaDataModule([str(ann)], str(root), micro_batch_size=micro_batch, num_workers=workers,
-                         max_length=max_length, seed=0)
-    tokenizer, template, transform, n_visual = processor_parts
-    dm.attach(SimpleNamespace(tokenizer=tokenizer, image_transform=transform, num_visual_tokens=n_visual), template)
+    torch.set_num_threads(1)
+    root, k = Path(cfg["root"]), cfg["workers"]
+    mean, std = TOWERS[cfg["size"]]
+    transform = ImageTransform(cfg["size"], mean, std, backend=cfg["backend"])
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(str(root / "tokenizer")), image_transform=transform,
+                            num_visual_tokens=(cfg["size"] // 14) ** 2)
+    dm = LlavaDataModule([str(root / "llava.json")], str(root), micro_batch_size=cfg["micro_batch"], num_workers=k,
+                         max_length=cfg["max_length"], seed=0)
+    dm.attach(model, build({"_target_": "lmm.data.templates.vicuna"}))
     t0 = time.perf_counter()
     dm.setup("fit", rank=0, world=1)
     t_len = time.perf_counter() - t0
@@ -298,16 +311,21 @@ def run_loader(ann: Path, root: Path, processor_parts, workers: int, micro_batch
     while True:
         for batch in it:
             done += batch["num_samples"]
-        if done >= min_samples:
+        if done >= cfg["min_samples"]:
             break
         epoch += 1
         loader.sampler.set_epoch(epoch)
         it = iter(loader)  # persistent workers: the same processes
     wall = time.perf_counter() - start
-    worker_cpu = sum(_cpu_seconds(p) - c for p, c in zip(pids, cpu0)) if pids else None
+    worker_cpu = sum(_cpu_seconds(p) - c for p, c in zip(pids, cpu0))
     main_cpu = time.process_time() - main0
-    del it, loader
     return {"rate": done / wall, "samples": done, "worker_cpu": worker_cpu, "main_cpu": main_cpu, "length_pass": t_len}
+
+
+def loader_in_subprocess(cfg: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--loader-run", json.dumps(cfg)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
@@ -326,7 +344,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pin", type=int, default=None,
                     help="run the single-process stages (a)-(c) on this CPU only (the DataLoader gets all again)")
+    ap.add_argument("--loader-run", default=None, help=argparse.SUPPRESS)  # internal: one (d) measurement
     args = ap.parse_args(argv)
+    if args.loader_run:
+        print(json.dumps(run_loader(json.loads(args.loader_run))))
+        return
 
     torch.set_num_threads(1)  # what a DataLoader worker runs with
     all_cpus = os.sched_getaffinity(0)
@@ -361,7 +383,7 @@ def main(argv=None) -> None:
     turns = np.array([len(r["conversations"]) // 2 for r in records])
 
     print("# Data pipeline throughput\n")
-    for line in machine_info():
+    for line in machine_info(all_cpus):
         print(f"- {line}")
     print(f"- data: {len(records)} records / JPEGs (quality 90, mean {mb:.0f} KiB, "
           f"{sum(w > h for w, h in sizes)} wide / {sum(w < h for w, h in sizes)} tall / {sum(w == h for w, h in sizes)} square) in {root}"
@@ -375,8 +397,9 @@ def main(argv=None) -> None:
           f"best of {args.repeats} passes over the records; (d): micro-batch {args.micro_batch}, random batching, "
           f"timed from the first batch over whole epochs (>= max(records, 400 x workers) samples), per core = "
           f"samples/s / workers")
-    print("- 'per CPU-second': samples per second of CPU time actually used (this process for (a)-(c), the workers "
-          "for (d)); it is what the rate would be on an otherwise idle core\n")
+    print("- 'per CPU-second': samples per second of CPU time actually used (this process for (a)-(c); for (d) the "
+          "workers, all their threads, plus the main process): the per-core rate without other jobs' interference "
+          "and counting every core the pipeline keeps busy\n")
 
     rows = []
 
@@ -398,7 +421,7 @@ def main(argv=None) -> None:
         row("(a) decode + transform", "plain", rate, cpu, note="the transform's code before this benchmark")
     for backend in backends:
         tf = ImageTransform(args.size, mean, std, backend=backend)
-        rate, cpu = timed(lambda p: decode(p, tf), paths, args.repeats)
+        rate, cpu = timed(lambda p, tf=tf: decode(p, tf), paths, args.repeats)
         row("(a) decode + transform", backend, rate, cpu)
     rate, cpu = timed(lambda p: Image.open(p).load(), paths, args.repeats)
     row("(a') JPEG decode alone", "-", rate, cpu)
@@ -417,13 +440,13 @@ def main(argv=None) -> None:
         os.sched_setaffinity(0, all_cpus)  # the DataLoader's workers inherit it: give them every core again
     for backend in backends:
         for k in [int(w) for w in args.workers.split(",") if w.strip()]:
-            tf = ImageTransform(args.size, mean, std, backend=backend)
-            r = run_loader(ann, root, (tokenizer, template, tf, n_visual), k, args.micro_batch, args.max_length,
-                           min_samples=max(len(records), 400 * k))
-            cpu = r["samples"] / r["worker_cpu"] if r["worker_cpu"] else None
-            row(f"(d) DataLoader, {k} worker{'s' * (k > 1)}", backend, r["rate"] / k, cpu,
-                note=f"{r['rate']:.1f} samples/s in all over {r['samples']} samples; main process "
-                     f"{1000 * r['main_cpu'] / r['samples']:.2f} ms CPU per sample")
+            r = loader_in_subprocess({"root": str(root), "size": args.size, "backend": backend, "workers": k,
+                                      "micro_batch": args.micro_batch, "max_length": args.max_length,
+                                      "min_samples": max(len(records), 400 * k)})
+            row(f"(d) DataLoader, {k} worker{'s' * (k > 1)}", backend, r["rate"] / k,
+                r["samples"] / (r["worker_cpu"] + r["main_cpu"]),
+                note=f"{r['rate']:.1f} samples/s in all over {r['samples']} samples; CPU per sample: workers "
+                     f"{1000 * r['worker_cpu'] / r['samples']:.2f} ms, main process {1000 * r['main_cpu'] / r['samples']:.2f} ms")
 
     print("| stage | resize backend | samples/s per core | ms per sample | samples per CPU-second | note |")
     print("|---|---|---:|---:|---:|---|")

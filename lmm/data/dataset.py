@@ -100,7 +100,7 @@ class SampleProcessor:
             raise SampleError("image_missing", str(e)) from e
         try:
             with Image.open(source) as im:
-                return self.image_transform(im)
+                return self.image_transform.pixels(im)  # uint8: the model normalises on its device
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             reason = "image_truncated" if "truncated" in str(e).lower() else "image_corrupt"
             raise SampleError(reason, f"{path}: {e}") from e
@@ -110,7 +110,8 @@ class SampleProcessor:
         enc = self.encode(record)
         pixels = [self.load_image(open_image, p) for p in enc.images]
         return {"id": record.get("id"), "input_ids": enc.input_ids, "labels": enc.labels, "length": enc.length,
-                "truncated": enc.truncated, "pixel_values": torch.stack(pixels) if pixels else None}
+                "truncated": enc.truncated,
+                "pixel_values": pixels[0][None] if len(pixels) == 1 else torch.stack(pixels) if pixels else None}
 
 
 def process(source, processor: SampleProcessor, index: int, strict: bool = False) -> dict | Skip:

@@ -91,7 +91,7 @@ class ImageTransform:
     std: tuple[float, float, float]
     pad_to_square: bool = True
     resample: str = "bicubic"
-    backend: str = "pillow"         # "pillow": exact; "torch": faster resize, +-1 grey level (module docstring)
+    backend: str = "pillow"         # "pillow": exact; "torch": faster resize, 1-2 grey levels off (module docstring)
     fast_jpeg_draft: bool = False   # DCT-domain downscale of large JPEGs while decoding (module docstring)
 
     def __post_init__(self):
@@ -105,7 +105,7 @@ class ImageTransform:
 
     @property
     def fill(self) -> tuple[int, int, int]:
-        return tuple(int(round(255 * m)) for m in self.mean)
+        return tuple(round(255 * m) for m in self.mean)
 
     @cached_property
     def _scale_offset(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,12 +115,26 @@ class ImageTransform:
         return scale.float().view(3, 1, 1), offset.float().view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """PIL image (any mode) -> float tensor (3, image_size, image_size)."""
+        """PIL image (any mode) -> normalised float tensor (3, image_size, image_size)."""
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """PIL image (any mode) -> padded, resized uint8 tensor (3, image_size, image_size). The data
+        pipeline ships these: a quarter of float32's bytes through worker queues and pinned memory,
+        and the model normalises them on its device (`normalize`)."""
         if self.fast_jpeg_draft:
             self._draft(image)
         image = _as_rgb(image)
-        pixels = self._resize_torch(image) if self.backend == "torch" else self._resize_pillow(image)
-        return self._normalise(pixels)
+        if self.backend == "torch":
+            return self._resize_torch(image)
+        return torch.from_numpy(self._resize_pillow(image)).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, h, w) -> float32 `(x/255 - mean)/std`, on the tensor's device."""
+        scale, offset = (t.to(pixels.device) for t in self._scale_offset)
+        out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
+        out.copy_(pixels)  # also makes a permuted (channels-last) view contiguous
+        return out.mul_(scale).sub_(offset)
 
     def _draft(self, image: Image.Image) -> None:
         """Ask a not-yet-decoded JPEG for a DCT-scaled decode that keeps every side the resize needs.
@@ -163,12 +177,3 @@ class ImageTransform:
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode=self.resample, antialias=True)
         return x[0]
-
-    def _normalise(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 (h, w, 3) array or (3, h, w) tensor -> normalised float32 (3, h, w), contiguous."""
-        if isinstance(pixels, np.ndarray):
-            pixels = torch.from_numpy(pixels).permute(2, 0, 1)
-        scale, offset = self._scale_offset
-        out = torch.empty(pixels.shape, dtype=torch.float32)
-        out.copy_(pixels)
-        return out.mul_(scale).sub_(offset)

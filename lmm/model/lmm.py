@@ -67,7 +67,10 @@ class LMM(nn.Module):
         return {"vision": self.vision.spec(), "connector": self.connector.spec(), "llm": self.llm.spec()}
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_visual_tokens, llm hidden). A frozen tower runs without autograd."""
+        """(N, 3, H, W) -> (N, num_visual_tokens, llm hidden). A frozen tower runs without autograd.
+        uint8 pixels (what the data pipeline ships) are normalised here, on the model's device."""
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = self.vision.transform.normalize(pixel_values)
         tower_trains = any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             features = self.vision(pixel_values)

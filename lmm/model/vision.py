@@ -57,6 +57,7 @@ def feature_spec(encoder) -> dict:
         "image_mean": list(encoder.transform.mean),
         "image_std": list(encoder.transform.std),
         "pad_to_square": encoder.transform.pad_to_square,
+        "resize_backend": encoder.transform.backend,
     }
 
 
@@ -72,6 +73,7 @@ class HFVisionEncoder(nn.Module):
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
         pad_to_square: bool = True,
+        resize_backend: str = "pillow",
     ):
         super().__init__()
         if (pretrained is None) == (hf_config is None):
@@ -95,7 +97,8 @@ class HFVisionEncoder(nn.Module):
         check_feature_select(feature_select, self.has_cls, type(tower).__name__)
         self.tower = self._cut_after_feature_layer(tower, feature_layer)
         self.block_class = type(self.tower.encoder.layers[0])
-        self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square)
+        self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square,
+                                        backend=resize_backend)
 
     @staticmethod
     def _processor_normalisation(path: str):

@@ -86,6 +86,7 @@ class OpenCLIPVisionEncoder(nn.Module):
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
         pad_to_square: bool = True,
+        resize_backend: str = "pillow",
     ):
         super().__init__()
         self.model_name, self.model_kwargs = model_name, dict(model_kwargs or {})
@@ -112,7 +113,7 @@ class OpenCLIPVisionEncoder(nn.Module):
             mean, std = library_normalisation(model_name, pretrained, visual)
             image_mean, image_std = image_mean or mean, image_std or std
         self.transform = ImageTransform(square_size(size, model_name), tuple(image_mean), tuple(image_std),
-                                        pad_to_square)
+                                        pad_to_square, backend=resize_backend)
 
     @property
     def is_timm(self) -> bool:

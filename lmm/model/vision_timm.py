@@ -88,6 +88,7 @@ class TimmVisionEncoder(nn.Module):
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
         pad_to_square: bool = True,
+        resize_backend: str = "pillow",
     ):
         super().__init__()
         if not timm.is_model(model_name):
@@ -101,7 +102,8 @@ class TimmVisionEncoder(nn.Module):
         self.block_class = type(self.trunk.blocks[0])
         cfg = vit.pretrained_cfg
         self.transform = ImageTransform(square_size(vit.patch_embed.img_size, model_name),
-                                        tuple(image_mean or cfg["mean"]), tuple(image_std or cfg["std"]), pad_to_square)
+                                        tuple(image_mean or cfg["mean"]), tuple(image_std or cfg["std"]), pad_to_square,
+                                        backend=resize_backend)
 
     def _weights(self, pretrained: str | None) -> tuple[str, dict]:
         """The name and weight arguments for `timm.create_model`."""
