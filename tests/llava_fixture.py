@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 from PIL import Image
 
@@ -87,3 +88,16 @@ def write_dataset(root: Path, records: list[dict], name: str = "train.json", ima
     else:
         path.write_text(json.dumps(records, indent=1))
     return path
+
+
+class IdsRecorder(L.Callback):
+    """For subprocess runs: writes the record ids this rank trained on to `<path>.rank<N>.json`."""
+
+    def __init__(self, path: str):
+        self.path, self.ids = path, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.ids += list(batch.get("ids", []))
+
+    def on_train_end(self, trainer, pl_module):
+        Path(f"{self.path}.rank{trainer.global_rank}.json").write_text(json.dumps(self.ids))

@@ -1,6 +1,6 @@
 """Two-process training on the CPU (gloo): FSDP2 through ModelParallelStrategy, and DDP.
 
-Both runs see the same data split (DistributedSampler, same seed) and average the same per-rank
+Both runs see the same data split (the datamodule's plan, same seed) and average the same per-rank
 losses, so in float32 FSDP2's sharded update must equal DDP's replicated one: a check that the
 sharding, the frozen parameters and the gathered export lose nothing.
 """
@@ -77,3 +77,38 @@ def test_local_multirun_of_two_process_cells(data_dir, tmp_path):
     # rank 1 of each cell logged under its own name, once per cell: no rank re-ran the sweep
     assert len(list(tmp_path.glob("easyvqa/*/base/train_ddp_process_1.log"))) == 2
     assert len(list(tmp_path.glob("easyvqa/*/base/run.json"))) == 2
+
+
+@pytest.mark.slow
+def test_ddp_ranks_split_the_data_and_sum_their_skip_counts(tokenizer_dir, tmp_path):
+    """Two real DDP processes: each record is trained on by exactly one rank, and the image problems
+    each rank found are summed in the logged counts."""
+    import json
+
+    from tests.llava_fixture import bad_records, good_records, write_dataset
+
+    records = good_records(30)
+    bad = bad_records()
+    records[3:3] = [bad["image_missing"], bad["image_corrupt"], bad["turn_order"]]
+    ann = write_dataset(tmp_path / "data", records, "sft.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "lmm.train", "strategy=ddp", "trainer.devices=2", "threads=1", "recipe=base",
+           f"paths.data_dir={tmp_path / 'data'}", f"data.tokenizer={tokenizer_dir}", "run_stages=[sft]",
+           "recipe.stages.sft.init=null", f"data.sft.annotations=[{ann}]", f"data.sft.image_root={tmp_path / 'data'}",
+           "data.prepare=null", "data.loader.micro_batch_size=2", "data.loader.num_workers=1",
+           "data.loader.max_length=512", "recipe.stages.sft.global_batch_size=4", "evaluate=false",
+           "callbacks.skip_monitor.max_fraction=0.5", "callbacks.samples.num_samples=0",
+           "+callbacks.ids._target_=tests.llava_fixture.IdsRecorder", f"+callbacks.ids.path={tmp_path / 'ids'}",
+           "+trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    seen = [json.loads((tmp_path / f"ids.rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) and not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(f"r{i}" for i in range(30))
+    (metrics,) = (tmp_path / "runs").glob("easyvqa/*/base/sft/version_0/metrics.csv")
+    import csv
+
+    (row,) = [r for r in csv.DictReader(metrics.open()) if r.get("data/skipped")]
+    assert float(row["data/skipped/image_missing"]) == 1 and float(row["data/skipped/image_corrupt"]) == 1
+    assert float(row["data/skipped/turn_order"]) == 1 and float(row["data/skipped"]) == 3
