@@ -81,6 +81,12 @@ class LlavaDataModule(L.LightningDataModule):
         if self.processor is None:
             raise RuntimeError("LlavaDataModule.attach(model, template) must be called before setup")
         trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1 and getattr(
+                trainer._accelerator_connector, "use_distributed_sampler", False):
+            # Lightning would wrap the plan's sampler in a DistributedSampler: each rank would then
+            # train on half (a world-th) of its own share and skip the rest.
+            raise ValueError("LlavaDataModule splits the data over ranks itself: create the Trainer with "
+                             "use_distributed_sampler=False")
         rank = rank if rank is not None else trainer.global_rank if trainer else 0
         world = world if world is not None else trainer.world_size if trainer else 1
         if self.table is None:

@@ -87,12 +87,13 @@ class SkipMonitor(L.Callback):
         total = sum(counts.values())
         # Every record of the epoch is either planned out or loaded (a resumed epoch loads fewer).
         records = max(records, seen + sum(planned.values()))
-        pl_module.log("data/skipped", float(total), rank_zero_only=True)
-        pl_module.log("data/skipped_fraction", total / max(1, records), rank_zero_only=True)
-        pl_module.log("data/truncated", float(truncated), rank_zero_only=True)
-        for reason in SKIP_REASONS:
-            if counts.get(reason):
-                pl_module.log(f"data/skipped/{reason}", float(counts[reason]), rank_zero_only=True)
+        # Every rank holds the same (summed) values: "max" over ranks is a no-op that keeps Lightning
+        # from warning about unsynchronised epoch-level logs.
+        log = {"data/skipped": float(total), "data/skipped_fraction": total / max(1, records),
+               "data/truncated": float(truncated)}
+        log.update({f"data/skipped/{r}": float(counts[r]) for r in SKIP_REASONS if counts.get(r)})
+        for key, value in log.items():
+            pl_module.log(key, value, sync_dist=True, reduce_fx="max")
         if total or truncated:
             rank_zero_info(f"epoch {trainer.current_epoch}: skipped {total} of {records} records {dict(counts)}, "
                            f"truncated {truncated}")

@@ -204,6 +204,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
         strategy=make_strategy(cfg.strategy.lightning, world_size),
         max_epochs=stage.epochs,
         accumulate_grad_batches=accumulate,
+        use_distributed_sampler=False,  # the datamodule's plan already splits the data over ranks
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(stage_dir),
