@@ -81,7 +81,7 @@ def test_over_long_samples_are_truncated_or_dropped(tmp_path, tiny_lmm):
             "conversations": conv("<image>\nwhat is it?", "a blue circle " * 100, "and again?", "blue " * 100)}
     short = good_records(3)
     path = write_dataset(tmp_path, short + [long], "a.json")
-    ask = dict(micro_batch_size=4, max_length=400, shuffle=False)
+    ask = {"micro_batch_size": 4, "max_length": 400, "shuffle": False}
     dropped = make_dm((path, tmp_path), tiny_lmm, over_length="drop", **ask)
     dropped.setup("fit")
     assert dropped.skip_counts == {"too_long": 1}
@@ -153,7 +153,8 @@ def test_skip_counts_reach_the_logger_each_epoch(mixed, tiny_specs, tmp_path):
               ).fit(module, datamodule=dm)
     import csv
 
-    rows = [r for r in csv.DictReader(open(logger.log_dir + "/metrics.csv")) if r.get("data/skipped")]
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("data/skipped")]
     assert len(rows) == 2  # one per epoch
     assert all(float(r["data/skipped/image_truncated"]) == 1 and float(r["data/skipped/too_long"]) == 1 for r in rows)
     assert all(float(r["data/skipped"]) == len(REASON) for r in rows)
@@ -166,7 +167,7 @@ def test_lengths_are_cached_and_reused(tmp_path, tiny_lmm):
     first.setup("fit")
     assert len(list(index.glob("lengths-*.npz"))) == 1
     second = make_dm((path, tmp_path), tiny_lmm, index_dir=str(index))
-    import lmm.data.lengths as lengths
+    from lmm.data import lengths
 
     calls = []
     original = lengths.measure

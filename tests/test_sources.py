@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-import lmm.data.sources as sources
+from lmm.data import sources
 from lmm.data.dataset import SampleProcessor, Skip, process
 from lmm.data.sources import ConcatSource, JsonSource, open_sources
 from tests.llava_fixture import good_records, write_dataset

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-WORDS = [w.strip() for w in """the a of and to in is on with what color shape how many people image picture left right
-    there are this that which where does do man woman car street table dog cat red blue green white black sitting
-    standing holding wearing looking front behind next near two three several large small bright dark answer
-    question describe detail background foreground scene object building sky tree water food plate""".split()]
+WORDS = [w.strip() for w in ["the", "a", "of", "and", "to", "in", "is", "on", "with", "what", "color", "shape", "how", "many", "people", "image", "picture", "left", "right", "there", "are", "this", "that", "which", "where", "does", "do", "man", "woman", "car", "street", "table", "dog", "cat", "red", "blue", "green", "white", "black", "sitting", "standing", "holding", "wearing", "looking", "front", "behind", "next", "near", "two", "three", "several", "large", "small", "bright", "dark", "answer", "question", "describe", "detail", "background", "foreground", "scene", "object", "building", "sky", "tree", "water", "food", "plate"]]
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -65,7 +60,10 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="processes of the length pass")
     ap.add_argument("--visual-tokens", type=int, default=576)
     ap.add_argument("--dir", default=None, help="where to write the file (default: a temp dir)")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory comparison, on the file in --dir")
     args = ap.parse_args()
+
+    from transformers import AutoTokenizer
 
     from lmm.data.dataset import SampleProcessor
     from lmm.data.lengths import measure
@@ -73,11 +71,12 @@ def main():
     from lmm.data.sources import JsonSource
     from lmm.data.templates import vicuna
     from lmm.data.tokenizer_build import train_bpe_tokenizer
-    from transformers import AutoTokenizer
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="lmm-index-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     path = root / "mix.json"
+    if args.memory_only:
+        return memory(path, root / "index")
     t = time.perf_counter()
     with path.open("w") as f:
         f.write("[\n")
@@ -91,7 +90,7 @@ def main():
 
     rows = []
     t = time.perf_counter()
-    source = JsonSource(path, root)
+    source = JsonSource(path, root, index_dir=str(root / "index"))
     rows.append(("byte-span index (once, cached)", time.perf_counter() - t, f"{source.spans.nbytes / 2**20:.1f} MB of spans"))
     t = time.perf_counter()
     full = json.loads(path.read_text())
@@ -117,23 +116,27 @@ def main():
     for name, seconds, note in rows:
         print(f"| {name} | {seconds:.1f} | {note} |")
 
-    # memory: a fresh process that opens the source and reads 1000 random records vs. one that json.loads the file
-    probe = ("import json,random,sys; from lmm.data.sources import JsonSource; s=JsonSource(sys.argv[1],'/'); "
-             "[s.read(random.randrange(len(s))) for _ in range(1000)]; "
-             "print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])//1024)")
-    whole = ("import json,sys; d=json.load(open(sys.argv[1])); "
-             "print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])//1024)")
+    memory(path, root / "index")
+
+
+def memory(path: Path, index_dir: Path) -> None:
+    """Peak memory of a fresh process that opens the source (spans cached, as in a DataLoader
+    worker) and reads 1000 random records, vs. one that json.loads the file, vs. the bare imports."""
     import subprocess
     import sys
 
-    lazy = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True).stdout.strip()
-    eager = subprocess.run([sys.executable, "-c", whole, str(path)], capture_output=True, text=True).stdout.strip()
-    base = subprocess.run([sys.executable, "-c", "import lmm.data.sources; " + whole.split(";", 1)[0] + "; print("
-                           "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])//1024)"],
-                          capture_output=True, text=True).stdout.strip()
-    print(f"\npeak memory of one process: lazy source + 1000 random reads {lazy} MB; json.load of the file "
-          f"{eager} MB; the interpreter with lmm imported {base} MB")
-    print(f"(cpu: {os.cpu_count()} cores; max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
+    from lmm.data.sources import JsonSource
+
+    JsonSource(path, "/", index_dir=str(index_dir))  # the cached spans a worker finds
+    peak = "print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) // 1024)"
+    lazy = (f"import random, sys; from lmm.data.sources import JsonSource; s = JsonSource(sys.argv[1], '/', "
+            f"index_dir={str(index_dir)!r}); [s.read(random.randrange(len(s))) for _ in range(1000)]; {peak}")
+    eager = f"import json, sys; import lmm.data.sources; d = json.load(open(sys.argv[1])); {peak}"
+    bare = f"import json, sys; import lmm.data.sources; {peak}"
+    mb = {name: subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout.strip()
+          for name, code in (("lazy", lazy), ("eager", eager), ("bare", bare))}
+    print(f"\npeak memory of one process (MB): after importing lmm's data modules {mb['bare']}; lazy source "
+          f"(cached spans) + 1000 random reads {mb['lazy']}; json.load of the whole file {mb['eager']}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
 
 from lmm.data.formats import image_paths, to_messages
 from lmm.data.tokenize import SampleError, encode_segments
@@ -27,7 +27,7 @@ def _prompts(datamodule, n: int) -> list[dict]:
             ids, _ = encode_segments(processor.template.render(messages[:1], add_generation_prompt=True),
                                      processor.tokenizer)
             paths = image_paths(record)
-            pixels = [processor.load_image(lambda p: source.open_image(index, p), p) for p in paths]
+            pixels = [processor.load_image(lambda p, i=index: source.open_image(i, p), p) for p in paths]
             files = [source.open_image(index, p) for p in paths]
             images = [Image.open(f).convert("RGB") for f in files]
         except (SampleError, ValueError, OSError):
