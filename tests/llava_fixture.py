@@ -91,13 +91,12 @@ def write_dataset(root: Path, records: list[dict], name: str = "train.json", ima
 
 
 class IdsRecorder(L.Callback):
-    """For subprocess runs: writes the record ids this rank trained on to `<path>.rank<N>.json`."""
+    """For subprocess runs: keeps `<path>.rank<N>.json` listing the record ids this rank trained on
+    (rewritten after every batch, so a killed run leaves what it saw)."""
 
     def __init__(self, path: str):
         self.path, self.ids = path, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.ids += list(batch.get("ids", []))
-
-    def on_train_end(self, trainer, pl_module):
         Path(f"{self.path}.rank{trainer.global_rank}.json").write_text(json.dumps(self.ids))

@@ -165,3 +165,22 @@ def test_splice_packing_errors():
         splice_images(ids, embed(ids), None, None, None, "left", torch.tensor([[1, 1, 0]]))
     with pytest.raises(ValueError, match="segment_ids must be 0"):
         splice_images(ids, embed(ids), None, torch.tensor([[1, 1, 1]]), None, "right", torch.tensor([[1, 1, 0]]))
+
+
+def test_a_sharded_model_runs_the_tower_on_text_only_batches(tiny_lmm):
+    """Under FSDP all ranks must gather the same blocks: a text-only batch still runs the tower
+    (blank image, weight 0), so the loss is unchanged and the tower receives (zero) gradients."""
+    ids = torch.tensor([[5, 6, 7, 8]])
+    labels = torch.tensor([[-100, 6, 7, 8]])
+    calls = []
+    hook = tiny_lmm.vision.register_forward_hook(lambda *a: calls.append(1))
+    plain = tiny_lmm(ids, None, None, labels).loss
+    assert calls == []  # unsharded: text-only batches skip the tower
+    tiny_lmm.always_run_vision = True
+    tiny_lmm.vision.requires_grad_(True)
+    synced = tiny_lmm(ids, None, None, labels).loss
+    hook.remove()
+    assert calls == [1] and torch.allclose(plain, synced)
+    synced.backward()
+    grads = [p.grad for p in tiny_lmm.vision.parameters()]
+    assert all(g is not None and not g.any() for g in grads)

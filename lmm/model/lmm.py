@@ -41,6 +41,7 @@ class LMM(nn.Module):
 
     def __init__(self, vision: Mapping, connector: Mapping, llm: Mapping):
         super().__init__()
+        self.always_run_vision = False  # set by the trainer when the tower is sharded (FSDP)
         self.vision = build(vision)
         self.llm = build(llm)
         self.connector = build(connector, in_dim=self.vision.hidden_size, out_dim=self.llm.hidden_size)
@@ -77,11 +78,19 @@ class LMM(nn.Module):
         return self.connector(features)
 
     def _splice(self, input_ids, pixel_values, attention_mask, labels, padding_side, segment_ids=None):
-        # Text-only batches never touch the vision tower.
+        # Text-only batches never touch the vision tower, except when it is sharded (below).
         has_images = pixel_values is not None and pixel_values.shape[0] > 0
         image_embeds = self.encode_images(pixel_values) if has_images else None
         text_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_ID, self.tokenizer.pad_token_id)
         text_embeds = self.llm.embed(text_ids)
+        if not has_images and self.always_run_vision:
+            # Under FSDP every rank must run the same sharded blocks in a step (their weights are
+            # gathered collectively): a text-only batch on one rank while another has images would
+            # hang or crash. One blank image goes through, joined to the graph with weight 0, so
+            # the backward's gradient reductions match too.
+            size = self.vision.transform.image_size
+            blank = self.encode_images(torch.zeros(1, 3, size, size, device=text_embeds.device))
+            text_embeds = text_embeds + 0 * blank.sum().to(text_embeds.dtype)
         if image_embeds is not None:
             image_embeds = image_embeds.to(text_embeds.dtype)
         return splice_images(input_ids, text_embeds, image_embeds, attention_mask, labels, padding_side, segment_ids)

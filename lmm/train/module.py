@@ -41,6 +41,7 @@ class LMMTrainModule(L.LightningModule):
             enable_activation_checkpointing(self.model)
         if self.device_mesh is not None:
             shard_fsdp2(self.model, self.device_mesh["data_parallel"], **options)
+            self.model.always_run_vision = True  # text-only batches must gather the tower's shards too
 
     @property
     def sharded(self) -> bool:

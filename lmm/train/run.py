@@ -210,7 +210,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
         default_root_dir=str(stage_dir),
     )
     last = stage_dir / "lightning" / "last.ckpt"
-    resume_from = str(last) if cfg.get("resume") and last.is_file() else None
+    resume_from = str(last) if cfg.get("resume") and last.exists() else None  # a folder under FSDP2
     if resume_from:
         log.info("stage %s: resuming from %s", name, resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
