@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -105,12 +106,12 @@ class LlavaDataModule(L.LightningDataModule):
 
     def _measure(self) -> None:
         self.source = open_sources(self.annotations, self.image_root, self.index_dir, self.source_kind)
+        lock = nullcontext()
         if self.index_dir:  # every rank asks; one measures, the others read its cache
             Path(self.index_dir).mkdir(parents=True, exist_ok=True)
-            with FileLock(str(Path(self.index_dir) / ".lengths.lock")):
-                self.table = length_table(self.source, self.processor, self.index_dir, self.num_workers, self.strict)
-        else:
-            self.table = length_table(self.source, self.processor, None, self.num_workers, self.strict)
+            lock = FileLock(str(Path(self.index_dir) / ".lengths.lock"))
+        with lock:
+            self.table = length_table(self.source, self.processor, self.index_dir, self.num_workers, self.strict)
         self.lengths = self.table.lengths(self.processor.num_visual_tokens)
         usable = self.table.status == 0
         too_long = usable & (self.lengths > self.max_length)
@@ -152,9 +153,12 @@ class LlavaDataModule(L.LightningDataModule):
         # `ready` counts the micro-batches this epoch has started; a checkpoint is written after the
         # step that consumed the last of them (mid-epoch) or at the epoch's end.
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"epoch": trainer.current_epoch, "done": done, "micro_batches": len(self.sampler),
-                "world": self.sampler.world, "samples": len(self.sampler.indices), "batching": self.batching.batching,
-                "seed": self.batching.seed}
+        return {"epoch": trainer.current_epoch, "done": done, **self._plan_identity()}
+
+    def _plan_identity(self) -> dict:
+        """What must be unchanged for a saved position to mean the same samples."""
+        return {"micro_batches": len(self.sampler), "world": self.sampler.world, "samples": len(self.sampler.indices),
+                "batching": self.batching.batching, "seed": self.batching.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -164,9 +168,7 @@ class LlavaDataModule(L.LightningDataModule):
 
     def _apply_resume(self) -> None:
         state, self._resume = self._resume, None
-        now = {"world": self.sampler.world, "samples": len(self.sampler.indices), "batching": self.batching.batching,
-               "seed": self.batching.seed, "micro_batches": len(self.sampler)}
-        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        changed = {k: (state.get(k), v) for k, v in self._plan_identity().items() if state.get(k) != v}
         if changed:
             raise ValueError(f"cannot resume the data position exactly: the checkpoint's plan differs in "
                              f"{ {k: f'{a} -> {b}' for k, (a, b) in changed.items()} }. Resume with the same "

@@ -30,17 +30,6 @@ def _special_id(tokenizer, name: str) -> int:
     return tid
 
 
-def encode_text(text: str, tokenizer) -> list[int]:
-    """Tokenise text with `<image>` placeholders split out as `IMAGE_TOKEN_ID`."""
-    ids: list[int] = []
-    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if i > 0:
-            ids.append(IMAGE_TOKEN_ID)
-        if chunk:
-            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
-    return ids
-
-
 def encode_segments(segments: list[Segment], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (input_ids, labels) as 1-D long tensors; untrained positions and images are -100.
     All text pieces of a sample go to the tokenizer in one batch call: its per-call overhead is

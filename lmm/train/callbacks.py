@@ -116,19 +116,15 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
-        tokens = 0
-        if batch["num_samples"]:
-            n_images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
-            tokens = int(batch["attention_mask"].sum()) + n_images * (pl_module.model.num_visual_tokens - 1)
-        self.window.append((now - self.last, tokens, batch["num_samples"], batch.get("real_tokens", 0),
-                            batch.get("computed_tokens", 0)))
+        tokens = batch.get("real_tokens", 0)  # sample lengths with their visual tokens, padding excluded
+        self.window.append((now - self.last, tokens, batch["num_samples"], batch.get("computed_tokens", 0)))
         self.last = now
         seconds = sum(w[0] for w in self.window)
         pl_module.log("train/tokens_per_s", sum(w[1] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
         pl_module.log("train/samples_per_s", sum(w[2] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
-        computed = sum(w[4] for w in self.window)
+        computed = sum(w[3] for w in self.window)
         if computed:  # real tokens / computed (rows x longest row): what padding costs, measured
-            pl_module.log("train/token_efficiency", sum(w[3] for w in self.window) / computed)
+            pl_module.log("train/token_efficiency", sum(w[1] for w in self.window) / computed)
 
 
 class SamplePredictions(L.Callback):

@@ -27,9 +27,9 @@ def _prompts(datamodule, n: int) -> list[dict]:
             ids, _ = encode_segments(processor.template.render(messages[:1], add_generation_prompt=True),
                                      processor.tokenizer)
             paths = image_paths(record)
-            pixels = [processor.load_image(lambda p, i=index: source.open_image(i, p), p) for p in paths]
             files = [source.open_image(index, p) for p in paths]
-            images = [Image.open(f).convert("RGB") for f in files]
+            images = [Image.open(f).convert("RGB") for f in files]  # decoded once: model input and W&B image
+            pixels = [processor.image_transform.pixels(im) for im in images]
         except (SampleError, ValueError, OSError):
             continue
         rows.append({"ids": ids, "pixels": pixels, "pil": images,
