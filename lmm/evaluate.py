@@ -1,19 +1,22 @@
-"""python -m lmm.evaluate checkpoint=PATH [data=...]: score a checkpoint, print the table."""
+"""python -m lmm.evaluate checkpoint=PATH [benchmark=[vqav2,gqa,...]] [devices=N]: score a checkpoint.
+
+With no benchmark chosen it runs the easy-vqa test set in three forms (short answer, yes/no,
+multiple choice). With devices > 1 every process answers its share of each benchmark and rank zero
+scores the gathered answers; the table is printed once.
+"""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from lmm.eval.run import evaluate_checkpoint
-from lmm.model.spec import build
+from lmm.eval.cli import check_benchmark_choices, run
 
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    if cfg.data.get("prepare"):
-        build(cfg.data.prepare)
-    if not cfg.data.get("eval"):
-        raise ValueError(f"data config {cfg.data.name!r} defines no eval set")
-    evaluate_checkpoint(cfg.checkpoint, cfg.data.eval, cfg.paths.output_dir, device=cfg.device, **cfg.generation)
+    run(cfg)
 
 
 if __name__ == "__main__":
+    check_benchmark_choices(sys.argv[1:])
     main()

@@ -13,6 +13,7 @@ from tests.conftest import compose_config
 def test_default_demo_reaches_095_on_easyvqa(data_dir, tmp_path):
     cfg = compose_config("train", runs_dir=tmp_path, overrides=[f"paths.data_dir={data_dir}",
                                                                 "+trainer.enable_progress_bar=false"])
-    results = train(cfg)["results"]
-    assert results["n"] == 9673
-    assert results["accuracy"] >= 0.95, results
+    results = train(cfg)["results"]["benchmarks"]
+    vqa = results["easyvqa_vqa"]
+    assert vqa["n"] == 9673
+    assert vqa["accuracy"] >= 0.95, vqa

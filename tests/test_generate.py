@@ -1,10 +1,12 @@
 """Generation: KV-cached greedy equals a no-cache argmax loop; batching with left padding changes
 nothing; sampling and chat work end to end."""
+import pytest
 import torch
 from PIL import Image
 
 from lmm.data.tokenize import IMAGE_TOKEN_ID
-from lmm.eval.generate import Query, generate_answers
+from lmm.eval.benchmark import Request
+from lmm.eval.generate import generate_answers, length_batches
 
 
 def greedy_without_cache(model, ids, pixels, steps):
@@ -33,12 +35,15 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_lmm, tmp_path):
         arr = (torch.rand(20 + 10 * k, 32, 3, generator=rng) * 255).byte().numpy()
         Image.fromarray(arr).save(tmp_path / f"{k}.png")
         paths.append(tmp_path / f"{k}.png")
-    queries = [Query("what color is the shape?", [paths[0]]), Query("is there a triangle?", [paths[1]]),
-               Query("describe the picture in detail", []),  # text-only in the same batch
-               Query("what shape is in the image? a red circle", [paths[2]])]
-    batched = generate_answers(tiny_lmm, queries, batch_size=4, max_new_tokens=5, progress=False)
+    queries = [Request("0", "what color is the shape?", [paths[0]]), Request("1", "is there a triangle?", [paths[1]]),
+               Request("2", "describe the picture in detail", []),  # text-only in the same batch
+               Request("3", "what shape is in the image? a red circle", [paths[2].read_bytes()]),  # encoded bytes
+               Request("4", "what color?", [Image.open(paths[1])])]  # a PIL image
+    batched = generate_answers(tiny_lmm, queries, batch_size=5, max_new_tokens=5, progress=False)
     single = [generate_answers(tiny_lmm, [q], batch_size=1, max_new_tokens=5, progress=False)[0] for q in queries]
     assert batched == single
+    # batches of 2, grouped by length, in one worker process: same answers, back in request order
+    assert generate_answers(tiny_lmm, queries, batch_size=2, max_new_tokens=5, num_workers=1, progress=False) == single
     assert tiny_lmm.chat(Image.open(paths[0]), "what color is the shape?", max_new_tokens=5) == single[0]
 
 
@@ -54,3 +59,16 @@ def test_sampling_respects_length_and_seed(tiny_lmm):
 def test_prompt_has_one_placeholder_per_image(tiny_lmm):
     ids = tiny_lmm.prompt_ids("compare", n_images=2)
     assert int((ids == IMAGE_TOKEN_ID).sum()) == 2
+
+
+def test_length_batches_group_by_images_then_length():
+    # prompts with images first, longest first; every position exactly once
+    batches = length_batches([5, 9, 7, 3, 8], [1, 0, 1, 1, 0], batch_size=2)
+    assert batches == [[2, 0], [3, 1], [4]]
+
+
+def test_unreadable_image_names_the_request(tiny_lmm, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(OSError, match="request 'q7'.*bad.png"):
+        generate_answers(tiny_lmm, [Request("q7", "what?", [bad])], progress=False)

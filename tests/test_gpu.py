@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_fsdp2_bf16_fit_on_one_gpu(data_dir, tmp_path):
     cfg = tiny_run(data_dir, tmp_path, "trainer=gpu", "strategy=fsdp", "recipe=base", "evaluate=true",
-                   "data.eval.limit=8")
+                   "evaluation.limit=8")
     out = train(cfg)
-    assert out["results"]["n"] == 8
+    assert out["results"]["benchmarks"]["easyvqa_vqa"]["n"] == 8
     assert torch.cuda.max_memory_allocated() > 0

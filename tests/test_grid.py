@@ -161,7 +161,7 @@ def test_share_pretrain_starts_its_connector_from_the_base_pretrain_of_the_cell(
 def test_hydra_multirun_over_a_2x2_tiny_grid_runs_both_stages(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_DATA_DIR": str(data_dir), "LMM_RUNS_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "lmm.train", "-m", "+sweep=easyvqa_tiny", "threads=1", "recipe.stages.pretrain.epochs=1",
-           "recipe.stages.sft.epochs=1", "+trainer.limit_train_batches=2", "data.eval.limit=4",
+           "recipe.stages.sft.epochs=1", "+trainer.limit_train_batches=2", "evaluation.limit=4",
            "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1", "trainer.log_every_n_steps=1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -173,7 +173,7 @@ def test_hydra_multirun_over_a_2x2_tiny_grid_runs_both_stages(data_dir, tmp_path
         assert info["group"] == "easyvqa_tiny"
         for stage in ("pretrain", "sft"):
             assert (path.parent / stage / "checkpoint/model.safetensors").is_file()
-        assert json.loads((path.parent / "eval/easyvqa_results.json").read_text())["n"] == 4
+        assert json.loads((path.parent / "eval/easyvqa_vqa_results.json").read_text())["n"] == 4
     # the study's gather script turns the grid into one table row per cell
     table = tmp_path / "table.csv"
     gather = [sys.executable, str(ROOT / "experiments/tinyllava_ablation/gather.py"), str(tmp_path),

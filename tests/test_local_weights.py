@@ -80,11 +80,11 @@ def test_paper_configs_build_from_local_folders_and_train_a_step(llm, vision, wi
 def test_paper_experiments_base_then_share_run_on_cpu_stand_ins(with_local_weights, data_dir, tmp_path):
     tiny = [f"paths.data_dir={data_dir}", "data=easyvqa", "trainer=cpu", "strategy=auto", "logger=csv",
             "data.loader.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
-            "recipe.stages.sft.global_batch_size=8", "+trainer.limit_train_batches=4", "data.eval.limit=8",
+            "recipe.stages.sft.global_batch_size=8", "+trainer.limit_train_batches=4", "evaluation.limit=8",
             "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1"]
     base = compose_config("train", runs_dir=tmp_path, overrides=["+experiment=TinyLLaVA-base-Sig-Phi", *tiny])
     out = train(base)
-    assert out["results"]["n"] == 8
+    assert out["results"]["benchmarks"]["easyvqa_vqa"]["n"] == 8
     # the share variant finds the base pretrain of the same cell (here on easyvqa, not llava15)
     share = compose_config("train", runs_dir=tmp_path, overrides=[
         "+experiment=TinyLLaVA-share-Sig-Phi", *tiny, "recipe.base_data=easyvqa",

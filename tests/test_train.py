@@ -22,7 +22,7 @@ def compose_train(data_dir, runs_dir, *overrides):
             "++recipe.stages.sft.micro_batch_size=4", "recipe.stages.pretrain.global_batch_size=8",
             "recipe.stages.sft.global_batch_size=8", "recipe.stages.pretrain.epochs=1", "recipe.stages.sft.epochs=1",
             "+trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-            "data.eval.limit=16", "callbacks.samples.num_samples=2", *overrides])
+            "evaluation.limit=16", "callbacks.samples.num_samples=2", *overrides])
 
 
 def test_two_stage_fit_chains_checkpoints_and_freezes(data_dir, tmp_path):
@@ -67,15 +67,17 @@ def test_demo_pipeline_on_a_slice(data_dir, tmp_path, capsys):
     out = train(cfg)
     run = Path(cfg.paths.output_dir)
     results = out["results"]
-    assert results["n"] == 16 and 0.0 <= results["accuracy"] <= 1.0
-    assert (run / "eval/easyvqa_results.json").is_file()
-    assert len((run / "eval/easyvqa_predictions.jsonl").read_text().splitlines()) == 16
+    assert set(results["benchmarks"]) == {"easyvqa_vqa", "easyvqa_pope", "easyvqa_mc"}
+    vqa = results["benchmarks"]["easyvqa_vqa"]
+    assert vqa["n"] == 16 and 0.0 <= vqa["accuracy"] <= 1.0
+    assert (run / "eval/easyvqa_vqa_results.json").is_file() and (run / "eval/results.json").is_file()
+    assert len((run / "eval/easyvqa_vqa/predictions.jsonl").read_text().splitlines()) == 16
     # the eval metrics land in the last stage's log, and sample predictions in each stage folder
     metrics = (run / "sft/version_0/metrics.csv").read_text().splitlines()[0].split(",")
-    assert "eval/easyvqa/accuracy" in metrics
+    assert {"eval/easyvqa_vqa/accuracy", "eval/easyvqa_pope/f1", "eval/easyvqa_mc/accuracy"} <= set(metrics)
     samples = [json.loads(line) for line in (run / "pretrain/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and {"prompt", "reference", "prediction", "images"} <= set(samples[0])
-    assert "easyvqa results" in capsys.readouterr().out
+    assert "| easyvqa_pope" in capsys.readouterr().out  # the table is printed
     model = lmm.load(out["checkpoint"])
     # the Lightning checkpoint reloads with no other argument and holds the same weights
     restored = LMMTrainModule.load_from_checkpoint(run / "sft/lightning/last.ckpt")

@@ -50,7 +50,7 @@ def test_offline_wandb_runs_record_names_groups_tags_metrics_and_samples(data_di
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("LMM_WANDB_OFFLINE", "true")
     cfg = tiny_run(data_dir, tmp_path, "recipe=base", "logger=wandb", "run.group=tiny_sweep", "evaluate=true",
-                   "data.eval.limit=4", "trainer.log_every_n_steps=1", "run.tags=[smoke]")
+                   "evaluation.limit=4", "trainer.log_every_n_steps=1", "run.tags=[smoke]")
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
@@ -66,7 +66,7 @@ def test_offline_wandb_runs_record_names_groups_tags_metrics_and_samples(data_di
         assert {"train/loss", "train/lr", "train/tokens_per_s", "train/samples_per_s", "train/token_efficiency",
                 "data/skipped", "data/skipped_fraction", "data/truncated"} <= s["history"]
         assert any(k.startswith("samples/predictions") for k in s["history"])  # the sample-prediction table
-    assert "eval/easyvqa/accuracy" in runs["sft"]["history"] and "eval/easyvqa/accuracy" not in runs["pretrain"]["history"]
+    assert "eval/easyvqa_vqa/accuracy" in runs["sft"]["history"] and "eval/easyvqa_vqa/accuracy" not in runs["pretrain"]["history"]
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/samples/predictions_*.table.json"))
     assert len(tables) == 2
     table = json.loads(tables[0].read_text())

@@ -29,10 +29,14 @@ from typing import Any
 # The headline metric of each benchmark (key in <benchmark>_results.json / eval/<benchmark>/<key> on W&B).
 # A benchmark missing here is reported by DEFAULT_METRIC.
 HEADLINE = {
-    "easyvqa": "accuracy",
+    "easyvqa": "accuracy",       # runs evaluated before the three easy-vqa forms
+    "easyvqa_vqa": "accuracy",
+    "easyvqa_pope": "f1",
+    "easyvqa_mc": "accuracy",    # circular
     "vqav2": "accuracy",
     "gqa": "accuracy",
     "textvqa": "accuracy",
+    "textvqa_no_ocr": "accuracy",
     "sqa_img": "accuracy",
     "pope": "f1",          # mean over the POPE splits
     "mme": "perception",

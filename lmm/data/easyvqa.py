@@ -2,8 +2,10 @@
 
     <root>/images/{train,test}/<n>.png     the package's 64x64 images
     <root>/pretrain.json                   one caption per train image ("A blue rectangle.")
-    <root>/sft.json                        one multi-turn conversation per train image (all its questions)
-    <root>/test_questions.jsonl            LLaVA eval-style questions with gold answer and kind
+    <root>/sft.json                        one multi-turn conversation per train image: all its questions
+                                           and one multiple-choice question (LLaVA-1.5's wording)
+    <root>/eval/                           the test set as VQAv2-, POPE- and MMBench-format files
+                                           (lmm.data.easyvqa_forms)
     <root>/tokenizer/                      a byte-level BPE tokenizer trained on this corpus
     <root>/manifest.json                   written last; its presence means the folder is complete
 """
@@ -15,15 +17,17 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from lmm.data.easyvqa_forms import mc_turn, write_forms
 from lmm.data.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
 from lmm.data.tokenizer_build import train_bpe_tokenizer
+from lmm.eval.benchmark import MULTIPLE_CHOICE, SHORT_ANSWER
 
-VERSION = 3
+VERSION = 4
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
 TEMPLATE_TEXT = ["USER: ASSISTANT:", "[INST] <<SYS>>\n <</SYS>>\n\n [/INST]", VICUNA_SYSTEM,
-                 "Answer the question using a single word or phrase."]
+                 SHORT_ANSWER, MULTIPLE_CHOICE]
 
 
 def question_kind(answer: str) -> str:
@@ -87,19 +91,15 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
         else:
             skipped += 1
         questions = list(train[i])
+        if len(facts) == 2:  # the multiple-choice form of the demo's evaluation needs this format learnt
+            questions.append(mc_turn(facts, SHAPES, COLORS, rng))
         rng.shuffle(questions)
         turns = []
         for k, (q, a) in enumerate(questions):
             turns += [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]
         sft.append({"id": f"easyvqa-train-{i}", "image": image, "conversations": turns})
 
-    qid = 0
-    with (root / "test_questions.jsonl").open("w") as f:
-        for i in sorted(test):
-            for q, a in test[i]:
-                f.write(json.dumps({"question_id": qid, "image": f"images/test/{i}.png", "text": q,
-                                    "answer": a, "kind": question_kind(a)}) + "\n")
-                qid += 1
+    forms = write_forms(root, test, image_facts, question_kind, SHAPES, COLORS, seed)
     (root / "pretrain.json").write_text(json.dumps(pretrain))
     (root / "sft.json").write_text(json.dumps(sft))
 
@@ -107,5 +107,5 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
     corpus = [" " * (t["from"] == "gpt") + t["value"] for rec in pretrain + sft for t in rec["conversations"]]
     train_bpe_tokenizer(corpus + TEMPLATE_TEXT * 100, root / "tokenizer", vocab_size=vocab_size)
     manifest.write_text(json.dumps({"version": VERSION, "pretrain": len(pretrain), "sft": len(sft),
-                                    "test_questions": qid, "images_without_caption": skipped}, indent=2))
+                                    "images_without_caption": skipped, "eval": forms}, indent=2))
     return root

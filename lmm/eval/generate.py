@@ -1,19 +1,20 @@
-"""Batched generation for evaluation: prompts left-padded, images stacked, KV-cached decoding."""
+"""Batched greedy generation for evaluation.
+
+Prompts are left-padded and images stacked; decoding is KV-cached. Requests are batched by prompt
+length (longest first, so a batch that does not fit in memory fails at once rather than at the end)
+and the answers come back in request order. Images are decoded and resized by DataLoader workers
+when `num_workers` > 0; pixels travel as uint8 and the model normalises them on its device.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-
-@dataclass
-class Query:
-    text: str
-    images: Sequence[str | Path] = ()  # image files, one <image> each (prepended unless in the text)
+from lmm.eval.benchmark import Request, open_image
 
 
 def left_pad(rows: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,21 +27,58 @@ def left_pad(rows: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-@torch.no_grad()
-def generate_answers(model, queries: Sequence[Query], batch_size: int = 32, max_new_tokens: int = 16,
-                     progress: bool = True, **gen) -> list[str]:
-    device = next(model.parameters()).device
-    answers: list[str] = []
-    batches = range(0, len(queries), batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress):
-        chunk = queries[start:start + batch_size]
-        ids, mask = left_pad([model.prompt_ids(q.text, len(q.images)) for q in chunk], model.tokenizer.pad_token_id)
+class _Batches(Dataset):
+    """Item i: the i-th batch of requests as (request positions, ids, mask, uint8 pixels or None)."""
+
+    def __init__(self, requests: Sequence[Request], prompts: list[torch.Tensor], batches: list[list[int]],
+                 transform, pad_id: int):
+        self.requests, self.prompts, self.batches = requests, prompts, batches
+        self.transform, self.pad_id = transform, pad_id
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        order = self.batches[i]
+        ids, mask = left_pad([self.prompts[j] for j in order], self.pad_id)
         pixels = []
-        for q in chunk:
-            for path in q.images:
-                with Image.open(path) as im:
-                    pixels.append(model.image_transform(im))
-        pixel_values = torch.stack(pixels).to(device) if pixels else None
-        new = model.generate(ids.to(device), pixel_values, mask.to(device), max_new_tokens=max_new_tokens, **gen)
-        answers += [a.strip() for a in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for j in order:
+            for ref in self.requests[j].images:
+                try:
+                    pixels.append(_pixels(self.transform, ref))
+                except OSError as e:  # name the request: a bare PIL error does not say which question
+                    raise OSError(f"request {self.requests[j].key!r}: cannot read image {ref!r}: {e}") from e
+        return order, ids, mask, (torch.stack(pixels) if pixels else None)
+
+
+def _pixels(transform, ref) -> torch.Tensor:
+    if isinstance(ref, Image.Image):  # the caller's object: used, not closed
+        return transform.pixels(ref)
+    with open_image(ref) as im:
+        return transform.pixels(im)
+
+
+def length_batches(lengths: Sequence[int], images: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Positions grouped by (image count, prompt length), longest first, `batch_size` at most each."""
+    order = sorted(range(len(lengths)), key=lambda i: (-images[i], -lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate_answers(model, requests: Sequence[Request], batch_size: int = 32, max_new_tokens: int = 16,
+                     num_workers: int = 0, progress: bool = True, desc: str = "generating", **gen) -> list[str]:
+    """One stripped answer per request, in request order."""
+    if not requests:
+        return []
+    device = next(model.parameters()).device
+    prompts = [model.prompt_ids(r.prompt, len(r.images)) for r in requests]
+    batches = length_batches([len(p) for p in prompts], [len(r.images) for r in requests], batch_size)
+    data = _Batches(requests, prompts, batches, model.image_transform, model.tokenizer.pad_token_id)
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)
+    answers: list[str | None] = [None] * len(requests)
+    for order, ids, mask, pixels in tqdm(loader, desc=desc, disable=not progress):
+        pixels = pixels.to(device) if pixels is not None else None
+        new = model.generate(ids.to(device), pixels, mask.to(device), max_new_tokens=max_new_tokens, **gen)
+        for j, text in zip(order, model.tokenizer.batch_decode(new, skip_special_tokens=True)):
+            answers[j] = text.strip()
     return answers

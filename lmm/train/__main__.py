@@ -1,6 +1,7 @@
 """python -m lmm.train [overrides]: train the recipe's stages (default: the easy-vqa CPU demo)."""
 import os
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -8,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lmm.eval.cli import check_benchmark_choices
 from lmm.train.run import train
 
 # What Lightning's process launcher leaves in the launching process's environment.
@@ -38,10 +40,11 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.threads)
     out = _run_multirun_job(cfg) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
     if out["results"]:
-        print(f"{out['results']['benchmark']} accuracy: {out['results']['accuracy']:.4f}")
+        print(f"results: {Path(cfg.paths.output_dir) / 'eval' / 'results.json'}")
     print(f"checkpoint: {out['checkpoint']}")
     print(f"load it with: lmm.load({out['checkpoint']!r}).chat(image, question)")
 
 
 if __name__ == "__main__":
+    check_benchmark_choices(sys.argv[1:])
     main()

@@ -1,5 +1,5 @@
 """Run a grid cell: the recipe's stages in order (pretrain -> sft), each from the checkpoint its
-recipe names, then evaluate the final checkpoint on the data config's eval set.
+recipe names, then evaluate the final checkpoint on the chosen benchmarks (conf/benchmark).
 
 A run's folder is named from its Hydra choices (`run.path`), and `run.json` in it records them, so
 a grid never collides and later stages and recipes find earlier checkpoints by path:
@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -219,8 +220,30 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     return checkpoint, trainer, logger
 
 
+def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logger) -> dict | None:
+    """Score the last stage's checkpoint on cfg.benchmark. Under DDP/FSDP every rank answers its
+    share (the trainer's process group is still up); rank zero writes <run>/eval and logs."""
+    from lmm.eval.cli import prepare_data, strip_prepare
+    from lmm.eval.report import log_results
+    from lmm.eval.run import evaluate_checkpoint
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed and rank_zero_only.rank != 0:  # every stage resumed: no process group to share with
+        return None
+    prepare_data(cfg.benchmark, cfg.paths.data_dir)
+    device = trainer.strategy.root_device if trainer is not None else None
+    summary = evaluate_checkpoint(checkpoint, strip_prepare(cfg.benchmark), run_dir / "eval",
+                                  settings=cfg.evaluation, device=device)
+    if summary is not None:
+        print(f"evaluation of {checkpoint}\n{summary['table']}")
+        if logger is not None:
+            log_results(logger, summary)
+    return summary
+
+
 def train(cfg: DictConfig) -> dict:
-    """Returns {"checkpoint": path of the last stage's checkpoint, "results": eval results or None}."""
+    """Returns {"checkpoint": path of the last stage's checkpoint, "results": the evaluation summary
+    (lmm.eval.run.evaluate_model; None when not evaluated or not rank zero)}."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     info = run_info(cfg)
@@ -244,14 +267,8 @@ def train(cfg: DictConfig) -> dict:
             logger.experiment.finish()  # one W&B run per stage
         checkpoint, trainer, logger = fit_stage(cfg, name, run_dir, info)
     results = None
-    is_zero = trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
-    if cfg.evaluate and cfg.data.get("eval") and checkpoint is not None and is_zero:
-        from lmm.eval.run import evaluate_checkpoint
-        results = evaluate_checkpoint(checkpoint, cfg.data.eval, run_dir / "eval", **cfg.generation)
-        if logger is not None:
-            logger.log_metrics({f"eval/{results['benchmark']}/{k}": v for k, v in results.items()
-                                if isinstance(v, (int, float))})
-            logger.save()
+    if cfg.evaluate and cfg.benchmark and checkpoint is not None:
+        results = evaluate_run(cfg, checkpoint, run_dir, trainer, logger)
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
     return {"checkpoint": str(checkpoint), "results": results}

@@ -1,0 +1,137 @@
+"""POPE: yes/no questions on object presence, per negative-sampling split, scored as LLaVA-1.5 does.
+
+Files (LLaVA's `playground/data/eval/pope/` layout): one label file per split, `coco/coco_pope_<split>.json`,
+one JSON object a line ({"question_id", "image", "text", "label": "yes"|"no"}), and the COCO val2014
+images in `val2014/`. Any file in that format works (the split names are a config list), e.g. easy-vqa's
+yes/no questions.
+
+Prompt: the question and the short-answer suffix (LLaVA-1.5's `llava_pope_test.jsonl`).
+
+Parsing follows LLaVA's `eval_pope.py`: keep the text before the first '.', drop commas, split on spaces;
+the answer is "no" when one of the words is exactly "No", "no" or "not", and "yes" otherwise (so an empty
+or unrelated answer counts as yes). "yes" is the positive class.
+
+Zero divisions, which LLaVA's script does not guard: precision is 0 when nothing is predicted yes,
+recall is 0 when no label is yes, F1 is 0 when precision + recall is 0 (sklearn's and torchmetrics'
+convention).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
+
+SPLITS = ("random", "popular", "adversarial")
+# Top-level metric names that a split's name must not shadow.
+_SUMMARY_KEYS = {"f1", "accuracy", "n"}
+
+
+def parse_yes_no(text: str) -> str:
+    """'yes' or 'no' under LLaVA's POPE rule (case-sensitive words of the first sentence)."""
+    first = text.split(".")[0]
+    words = first.replace(",", "").split(" ")
+    return "no" if {"No", "no", "not"} & set(words) else "yes"
+
+
+def binary_metrics(predictions: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
+    """Confusion counts and rates with 'yes' (True) as the positive class; zero divisions give 0."""
+    tp = sum(p and t for p, t in zip(predictions, labels))
+    fp = sum(p and not t for p, t in zip(predictions, labels))
+    tn = sum(not p and not t for p, t in zip(predictions, labels))
+    fn = sum(not p and t for p, t in zip(predictions, labels))
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n if n else 0.0, "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": (tp + fp) / n if n else 0.0, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n}
+
+
+class POPE(Benchmark):
+    name = "pope"
+    max_new_tokens = 16
+
+    def __init__(self, annotation_pattern: str, image_root: str, splits: Sequence[str] = SPLITS,
+                 suffix: str | None = SHORT_ANSWER, limit: int | None = None, name: str = "pope",
+                 max_new_tokens: int | None = None):
+        """annotation_pattern: a path with `{split}` in it; limit: the first N questions of each split."""
+        if "{split}" not in annotation_pattern:
+            raise ValueError(f"{name}: annotation_pattern must contain '{{split}}', got {annotation_pattern!r}")
+        self.splits = [str(s) for s in splits]
+        if not self.splits:
+            raise ValueError(f"{name}: no splits")
+        clash = _SUMMARY_KEYS & set(self.splits)
+        if clash or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"{name}: split names must be unique and not {sorted(_SUMMARY_KEYS)}: {self.splits}")
+        self.annotation_pattern, self.image_root = annotation_pattern, Path(image_root)
+        self.suffix, self.limit, self.name = suffix, limit, name
+        if max_new_tokens:
+            self.max_new_tokens = max_new_tokens
+        self._questions: list[dict] | None = None
+
+    def annotation_file(self, split: str) -> Path:
+        return Path(self.annotation_pattern.format(split=split))
+
+    def check(self) -> None:
+        require_files(self.name, *(self.annotation_file(s) for s in self.splits), self.image_root)
+        require_files(self.name, *sorted({q["image_path"] for q in self._load()}))
+
+    def _load(self) -> list[dict]:
+        if self._questions is None:
+            self._questions = [q for split in self.splits for q in self._load_split(split)]
+        return self._questions
+
+    def _load_split(self, split: str) -> list[dict]:
+        path, questions, seen = self.annotation_file(split), [], set()
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{self.name}: {path}, line {line_no}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e})") from None
+                missing = [k for k in ("question_id", "image", "text", "label") if k not in row]
+                if missing:
+                    raise ValueError(f"{where}: missing {', '.join(missing)}")
+                label = str(row["label"]).strip().lower()
+                if label not in ("yes", "no"):
+                    raise ValueError(f"{where}: label must be yes or no, got {row['label']!r}")
+                key = f"{split}/{row['question_id']}"
+                if key in seen:
+                    raise ValueError(f"{where}: question_id {row['question_id']!r} repeats")
+                seen.add(key)
+                questions.append({"key": key, "split": split, "question_id": row["question_id"],
+                                  "image": row["image"], "image_path": self.image_root / row["image"],
+                                  "text": row["text"], "label": label})
+                if self.limit and len(questions) >= self.limit:
+                    break
+        return questions
+
+    def requests(self) -> list[Request]:
+        return [Request(q["key"], with_suffix(q["text"], self.suffix), [q["image_path"]]) for q in self._load()]
+
+    def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
+        records = []
+        for q in self._load():
+            text = answers.get(q["key"], "")
+            parsed = parse_yes_no(text)
+            records.append({"key": q["key"], "split": q["split"], "question_id": q["question_id"],
+                            "image": q["image"], "question": q["text"], "label": q["label"], "prediction": text,
+                            "parsed": parsed, "correct": parsed == q["label"]})
+        metrics: dict[str, Any] = {}
+        for split in self.splits:
+            rows = [r for r in records if r["split"] == split]
+            metrics[split] = binary_metrics([r["parsed"] == "yes" for r in rows], [r["label"] == "yes" for r in rows])
+        metrics["f1"] = sum(metrics[s]["f1"] for s in self.splits) / len(self.splits)
+        metrics["accuracy"] = sum(metrics[s]["accuracy"] for s in self.splits) / len(self.splits)
+        metrics["n"] = len(records)
+        return metrics, records
+
+    def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """LLaVA-1.5's POPE column is the F1 averaged over the splits."""
+        return {"POPE": 100 * metrics["f1"]} if "f1" in metrics else {}

@@ -1,0 +1,252 @@
+"""VQAv2 open-ended questions on COCO images, as LLaVA-1.5 evaluates them.
+
+Questions come from the official `v2_OpenEnded_mscoco_<subtype>_questions.json` or from LLaVA's
+`llava_vqav2_mscoco_test-dev2015.jsonl`. LLaVA reports test-dev, which only the EvalAI server can score:
+`write_files` writes the submission (answers cleaned by the EvalAI processor, as LLaVA does, and every
+test2015 question that was not asked filled with ""). With the official annotations (val2014) the
+benchmark scores itself exactly as the official scorer would score that submission: overall and per
+answer type.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
+from lmm.eval.metrics import evalai_answer, vqa_accuracy
+
+log = logging.getLogger(__name__)
+
+
+# --- file readers shared by the VQA-style benchmarks (clear errors naming file and record) ---
+
+def read_json(path: str | Path, benchmark: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{benchmark}: {path} is not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | Path, benchmark: str) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{benchmark}: {path} line {lineno} is not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise TypeError(f"{benchmark}: {path} line {lineno} is not a JSON object")
+            rows.append((lineno, row))
+    return rows
+
+
+def field(record: Mapping, key: str, where: str) -> Any:
+    """record[key], or an error saying which file/record lacks it."""
+    if not isinstance(record, Mapping) or key not in record:
+        raise ValueError(f"{where}: missing field {key!r}")
+    return record[key]
+
+
+def check_images(benchmark: str, paths, root: str | Path) -> None:
+    """One error for all missing images (a count and a few names, not 100k lines)."""
+    paths = list(dict.fromkeys(paths))
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{benchmark}: {len(missing)} of {len(paths)} images missing under {root}, "
+                                f"e.g. {', '.join(missing[:3])}")
+
+
+def unique_key(keys: dict, key: str, where: str) -> None:
+    if key in keys:
+        raise ValueError(f"{where}: question id {key} appears twice (first at {keys[key]})")
+    keys[key] = where
+
+
+# --- VQAv2 ---
+
+@dataclass
+class _Question:
+    key: str
+    question_id: Any          # as in the file (an int for VQAv2): the submission needs it unchanged
+    question: str
+    prompt: str
+    image: Path
+
+
+def _question_ids(path: str, benchmark: str) -> list:
+    """Question ids of a questions file in either format, in file order."""
+    if str(path).endswith(".jsonl"):
+        return [field(row, "question_id", f"{benchmark}: {path} line {n}") for n, row in read_jsonl(path, benchmark)]
+    data = read_json(path, benchmark)
+    questions = field(data, "questions", f"{benchmark}: {path}")
+    return [field(q, "question_id", f"{benchmark}: {path} question #{i}") for i, q in enumerate(questions)]
+
+
+class VQAv2(Benchmark):
+    name = "vqav2"
+    # LLaVA's scripts allow 128 new tokens; answers are a word or two and a batch decodes until its longest
+    # answer stops, so a small cap saves time without cutting answers.
+    max_new_tokens = 16
+
+    def __init__(self, questions: str, image_root: str, annotations: str | None = None,
+                 submission_questions: str | None = None,
+                 image_pattern: str = "COCO_{subtype}_{image_id:012d}.jpg", image_subtype: str | None = None,
+                 suffix: str | None = SHORT_ANSWER, limit: int | None = None, name: str = "vqav2",
+                 max_new_tokens: int | None = None):
+        """questions: official questions JSON or LLaVA's jsonl (question_id, image, text);
+        image_pattern/image_subtype: file name of an image of the official JSON under image_root
+        (subtype defaults to the file's data_subtype, test-dev2015 -> test2015 where its images live);
+        annotations: official answers (val) to score locally; submission_questions: the full test2015
+        questions (either format) whose ids the submission must all carry."""
+        self.questions, self.image_root = questions, Path(image_root)
+        self.annotations, self.submission_questions = annotations, submission_questions
+        self.image_pattern, self.image_subtype = image_pattern, image_subtype
+        self.suffix, self.limit, self.name = suffix, limit, name
+        if max_new_tokens:
+            self.max_new_tokens = max_new_tokens
+        self._items: list[_Question] | None = None
+        self._gold: dict[str, dict] | None = None
+
+    # loading
+
+    def check(self) -> None:
+        require_files(self.name, self.questions, self.annotations, self.submission_questions)
+        check_images(self.name, (q.image for q in self.items()), self.image_root)
+        self.gold()
+
+    def items(self) -> list[_Question]:
+        if self._items is None:
+            self._items = self._load_jsonl() if str(self.questions).endswith(".jsonl") else self._load_json()
+        return self._items
+
+    def _load_jsonl(self) -> list[_Question]:
+        rows = read_jsonl(self.questions, self.name)
+        rows = rows[: self.limit] if self.limit is not None else rows
+        items, seen = [], {}
+        for lineno, row in rows:
+            where = f"{self.name}: {self.questions} line {lineno}"
+            qid, image, text = (field(row, k, where) for k in ("question_id", "image", "text"))
+            unique_key(seen, str(qid), where)
+            prompt = with_suffix(text, self.suffix)
+            # The jsonl text carries the suffix already; the record shows the bare question.
+            question = text.rstrip()
+            if self.suffix and question.endswith(self.suffix):
+                question = question[: -len(self.suffix)].rstrip()
+            items.append(_Question(str(qid), qid, question, prompt, self.image_root / image))
+        return items
+
+    def _load_json(self) -> list[_Question]:
+        data = read_json(self.questions, self.name)
+        where = f"{self.name}: {self.questions}"
+        questions = field(data, "questions", where)
+        if not isinstance(questions, list):
+            raise TypeError(f"{where}: 'questions' should be a list")
+        subtype = self.image_subtype
+        if subtype is None and "{subtype" in self.image_pattern:
+            subtype = str(field(data, "data_subtype", where)).replace("test-dev", "test")
+        questions = questions[: self.limit] if self.limit is not None else questions
+        items, seen = [], {}
+        for i, q in enumerate(questions):
+            w = f"{where} question #{i}"
+            qid, image_id, text = (field(q, k, w) for k in ("question_id", "image_id", "question"))
+            unique_key(seen, str(qid), w)
+            try:
+                image = self.image_pattern.format(subtype=subtype, image_id=image_id)
+            except (KeyError, ValueError, IndexError) as e:
+                raise ValueError(f"{w}: image_pattern {self.image_pattern!r} does not fit ({e})") from None
+            items.append(_Question(str(qid), qid, text, with_suffix(text, self.suffix), self.image_root / image))
+        return items
+
+    def gold(self) -> dict[str, dict] | None:
+        """question key -> official annotation, for the questions asked (None without annotations)."""
+        if self.annotations is None:
+            return None
+        if self._gold is None:
+            data = read_json(self.annotations, self.name)
+            by_id = {}
+            for i, ann in enumerate(field(data, "annotations", f"{self.name}: {self.annotations}")):
+                by_id[str(field(ann, "question_id", f"{self.name}: {self.annotations} annotation #{i}"))] = ann
+            gold = {}
+            for q in self.items():
+                where = f"{self.name}: {self.annotations} (question {q.key})"
+                if q.key not in by_id:
+                    raise ValueError(f"{where}: no annotation for this question")
+                ann = by_id[q.key]
+                answers = [field(a, "answer", where) for a in field(ann, "answers", where)]
+                if not answers:
+                    raise ValueError(f"{where}: no human answers")
+                gold[q.key] = {"answers": answers, "answer_type": field(ann, "answer_type", where)}
+            self._gold = gold
+        return self._gold
+
+    # the benchmark interface
+
+    def requests(self) -> list[Request]:
+        return [Request(q.key, q.prompt, [q.image]) for q in self.items()]
+
+    def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
+        gold = self.gold()
+        records, scores, by_type = [], [], defaultdict(list)
+        missing = 0
+        for q in self.items():
+            raw = answers.get(q.key)
+            missing += raw is None
+            raw = raw or ""
+            # Scored as submitted: LLaVA cleans answers with the EvalAI processor, the server then applies
+            # the official scorer on top.
+            processed = evalai_answer(raw)
+            record = {"question_id": q.question_id, "question": q.question, "prompt": q.prompt,
+                      "image": str(q.image), "answer": raw, "processed": processed}
+            if gold is not None:
+                g = gold[q.key]
+                score = vqa_accuracy(processed, g["answers"])
+                scores.append(score)
+                by_type[g["answer_type"]].append(score)
+                record.update(gold=g["answers"], answer_type=g["answer_type"], score=score)
+            else:
+                record.update(gold=None, score=None)
+            records.append(record)
+        metrics: dict[str, Any] = {"n": len(records), "n_missing": missing}
+        if gold is not None and scores:
+            metrics["accuracy"] = sum(scores) / len(scores)
+            metrics["per_answer_type"] = {t: {"accuracy": sum(v) / len(v), "n": len(v)}
+                                          for t, v in sorted(by_type.items())}
+        return metrics, records
+
+    def write_files(self, answers: Mapping[str, str], records: list[dict], out_dir: Path) -> list[Path]:
+        """The EvalAI submission: [{"question_id", "answer"}], answers cleaned as LLaVA cleans them."""
+        ours = {q.key: (q.question_id, evalai_answer(answers.get(q.key) or "")) for q in self.items()}
+        if self.submission_questions is None:
+            submission = [{"question_id": qid, "answer": a} for qid, a in ours.values()]
+        else:
+            ids = _question_ids(self.submission_questions, self.name)
+            wanted = {str(i) for i in ids}
+            submission, filled = [], 0
+            for qid in ids:
+                if str(qid) in ours:
+                    submission.append({"question_id": qid, "answer": ours[str(qid)][1]})
+                else:
+                    submission.append({"question_id": qid, "answer": ""})
+                    filled += 1
+            extra = sum(k not in wanted for k in ours)
+            report = (f"{self.name}: submission has {len(ids)} questions, {filled} filled with an empty answer"
+                      + (f"; {extra} answered questions are not in {self.submission_questions}" if extra else ""))
+            (log.warning if filled or extra else log.info)(report)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{self.name}_submission.json"
+        path.write_text(json.dumps(submission))
+        return [path]
+
+    def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return {"VQAv2": 100 * metrics["accuracy"]} if "accuracy" in metrics else {}
