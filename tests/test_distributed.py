@@ -4,6 +4,7 @@ Both runs see the same data split (the datamodule's plan, same seed) and average
 losses, so in float32 FSDP2's sharded update must equal DDP's replicated one: a check that the
 sharding, the frozen parameters and the gathered export lose nothing.
 """
+import json
 import os
 import subprocess
 import sys
@@ -68,8 +69,8 @@ def test_local_multirun_of_two_process_cells(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_DATA_DIR": str(data_dir), "LMM_RUNS_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "lmm.train", "-m", "llm=tiny_llama,tiny_qwen2", "strategy=ddp", "trainer.devices=2",
            "threads=1", "recipe=base", "recipe.stages.pretrain.global_batch_size=8", "recipe.stages.sft.global_batch_size=8",
-           "data.loader.micro_batch_size=4", "+trainer.limit_train_batches=2", "evaluate=false",
-           "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1"]
+           "data.loader.micro_batch_size=4", "+trainer.limit_train_batches=2", "evaluation.limit=3",
+           "evaluation.progress=false", "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     cells = sorted(p.parents[2].name for p in tmp_path.glob("easyvqa/*/base/sft/checkpoint"))
@@ -77,6 +78,12 @@ def test_local_multirun_of_two_process_cells(data_dir, tmp_path):
     # rank 1 of each cell logged under its own name, once per cell: no rank re-ran the sweep
     assert len(list(tmp_path.glob("easyvqa/*/base/train_ddp_process_1.log"))) == 2
     assert len(list(tmp_path.glob("easyvqa/*/base/run.json"))) == 2
+    # each cell's two ranks shared its evaluation: every question answered once, one table per cell
+    for results in tmp_path.glob("easyvqa/*/base/eval/results.json"):
+        assert json.loads(results.read_text())["benchmarks"]["easyvqa_vqa"]["n"] == 3
+        assert len((results.parent / "easyvqa_vqa/answers.jsonl").read_text().splitlines()) == 3
+    assert len(list(tmp_path.glob("easyvqa/*/base/eval/results.json"))) == 2
+    assert done.stdout.count("| easyvqa_vqa") == 2
 
 
 @pytest.mark.slow

@@ -28,6 +28,15 @@ def judge_args(server, **kw) -> dict:
     return {"url": server.url, "model": "judge-x", "backoff": 0.01, **kw}
 
 
+def judged_run(make, root: Path, server, reply, answers: dict):
+    """(benchmark, metrics, records): the benchmark built by `make` with the scripted judge, checked and
+    scored on `answers`."""
+    server.reply = reply
+    bench = make(root, judge=judge_args(server))
+    bench.check()
+    return (bench, *bench.score(answers))
+
+
 # ---------------------------------------------------------------------------------------- MM-Vet
 
 MMVET = {  # the official mm-vet.json layout
@@ -83,10 +92,7 @@ def test_mmvet_requests(mmvet_dir):
 
 
 def test_mmvet_end_to_end_with_judge(mmvet_dir, judge_server, tmp_path):
-    judge_server.reply = mmvet_reply
-    bench = mmvet(mmvet_dir, judge=judge_args(judge_server))
-    bench.check()
-    metrics, records = bench.score(MMVET_ANSWERS)
+    bench, metrics, records = judged_run(mmvet, mmvet_dir, judge_server, mmvet_reply, MMVET_ANSWERS)
     # grades: v1_0 0.5 (ocr, math), v1_1 1.0 (rec, ocr), v1_2 0.3 (rec, know, gen), v1_3 unreadable -> 0.0 (ocr, rec)
     assert metrics["judged"] == 1 and metrics["n"] == 4 and metrics["n_unparsed"] == 1
     assert metrics["score"] == pytest.approx(1.8 / 4)                          # 0.45
@@ -245,10 +251,7 @@ def test_llavaw_requests(llavaw_dir):
 
 
 def test_llavaw_end_to_end_with_judge(llavaw_dir, judge_server, tmp_path):
-    judge_server.reply = llavaw_reply
-    bench = llavaw(llavaw_dir, judge=judge_args(judge_server))
-    bench.check()
-    metrics, records = bench.score(LLAVAW_ANSWERS)
+    bench, metrics, records = judged_run(llavaw, llavaw_dir, judge_server, llavaw_reply, LLAVAW_ANSWERS)
     # parsed (reference, ours): q0 (8, 6) conv, q1 (9, 5) detail, q2 (7, 7) complex after one re-ask,
     # q3 (8, 2) conv; q4 unreadable after 1 + 2 tries -> left out
     # overall: reference mean 32/4 = 8, ours 20/4 = 5 -> 5/8 = 62.5 %

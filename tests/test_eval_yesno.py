@@ -173,7 +173,7 @@ def test_pope_bad_input(tmp_path):
                         (json.dumps({"question_id": 1, "image": "a.jpg", "text": "?", "label": "no"}),
                          "line 2: question_id 1 repeats")):
         path.write_text("\n".join([good[0], line, *good[1:]]) + "\n")
-        with pytest.raises(ValueError, match="coco_pope_random.json, " + error):
+        with pytest.raises(ValueError, match="coco_pope_random.json " + error):
             POPE(**files).requests()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
-from lmm.eval.vqav2 import check_images, field, read_json, read_jsonl, unique_key
+from lmm.eval.files import check_images, field, read_json, read_question_jsonl
 
 
 @dataclass
@@ -82,18 +82,9 @@ class GQA(Benchmark):
         return self._items
 
     def _load_jsonl(self) -> list[_Question]:
-        rows = read_jsonl(self.questions, self.name)
-        rows = rows[: self.limit] if self.limit is not None else rows
-        items, seen = [], {}
-        for lineno, row in rows:
-            where = f"{self.name}: {self.questions} line {lineno}"
-            qid, image, text = (field(row, k, where) for k in ("question_id", "image", "text"))
-            unique_key(seen, str(qid), where)
-            question = text.rstrip()
-            if self.suffix and question.endswith(self.suffix):
-                question = question[: -len(self.suffix)].rstrip()
-            items.append(_Question(str(qid), question, with_suffix(text, self.suffix), self.image_root / image))
-        return items
+        return [_Question(str(qid), question, prompt, self.image_root / image)
+                for qid, image, question, prompt in read_question_jsonl(self.questions, self.name, self.suffix,
+                                                                        self.limit)]
 
     def _load_json(self) -> list[_Question]:
         items = []

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import Benchmark, Request, require_files, with_suffix
+from lmm.eval.files import parse_json, read_jsonl
 from lmm.eval.judge import Judge, complete_parsed, make_judge, read_prompt
 
 CATEGORIES = ("conv", "detail", "complex")
@@ -80,21 +81,14 @@ def relative_score(pairs: list[tuple[float, float]]) -> dict[str, Any]:
     return out
 
 
-def _read_jsonl(benchmark: str, path: Path, required: tuple[str, ...]) -> list[dict]:
+def _read_records(benchmark: str, path: Path, required: tuple[str, ...]) -> list[dict]:
+    """The file's records, each with the `required` fields and its `_line` number."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{benchmark}: {path} line {number}: not valid JSON ({e.msg})") from e
-            missing = [k for k in required if k not in row] if isinstance(row, dict) else None
-            if missing is None or missing:
-                problem = f"missing field(s) {', '.join(missing)}" if missing else "expected an object"
-                raise ValueError(f"{benchmark}: {path} line {number}: {problem}")
-            rows.append({**row, "_line": number})
+    for number, row in read_jsonl(path, benchmark):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"{benchmark}: {path} line {number}: missing field(s) {', '.join(missing)}")
+        rows.append({**row, "_line": number})
     return rows
 
 
@@ -131,13 +125,13 @@ class LLaVABench(Benchmark):
         """Questions in file order (the first `limit`), each with its `context` and `reference`."""
         if self._questions is not None:
             return self._questions
-        rows = _read_jsonl(self.name, self.questions_file, ("question_id", "image", "text", "category"))
+        rows = _read_records(self.name, self.questions_file, ("question_id", "image", "text", "category"))
         rows = rows[: self.limit] if self.limit else rows
         contexts = {}
-        for row in _read_jsonl(self.name, self.context_file, ("image", "caption")):
+        for row in _read_records(self.name, self.context_file, ("image", "caption")):
             caption = row["caption"]
             contexts[row["image"]] = "\n".join(caption) if isinstance(caption, list) else str(caption)
-        references = {r["question_id"]: r for r in _read_jsonl(self.name, self.reference_file, ("question_id", "text"))}
+        references = {r["question_id"]: r for r in _read_records(self.name, self.reference_file, ("question_id", "text"))}
         seen = set()
         for row in rows:
             where = f"{self.name}: {self.questions_file} line {row['_line']}"
@@ -168,10 +162,7 @@ class LLaVABench(Benchmark):
             text, where = read_prompt(None, "llavaw_rules.json"), "lmm/eval/prompts/llavaw_rules.json"
         else:
             text, where = read_prompt(self.judge_rules, ""), self.judge_rules
-        try:
-            rules = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.name}: {where} line {e.lineno}: not valid JSON ({e.msg})") from e
+        rules = parse_json(text, f"{self.name}: {where}")
         for category in {q["category"] for q in self.questions()}:
             rule = rules.get(f"llava_bench_{category}") if isinstance(rules, dict) else None
             if not isinstance(rule, dict) or not {"role", "prompt"} <= rule.keys():

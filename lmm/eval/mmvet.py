@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import Benchmark, Request, require_files, with_suffix
+from lmm.eval.files import read_json
 from lmm.eval.judge import Judge, complete_parsed, make_judge, read_prompt
 
 CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")  # the paper's order
@@ -113,10 +114,7 @@ class MMVet(Benchmark):
     def items(self) -> list[tuple[str, dict]]:
         """(id, record) in file order, the first `limit` of them."""
         if self._items is None:
-            try:
-                data = json.loads(self.questions_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.name}: {self.questions_file} line {e.lineno}: not valid JSON ({e.msg})") from e
+            data = read_json(self.questions_file, self.name)
             if not isinstance(data, dict):
                 raise ValueError(f"{self.name}: {self.questions_file}: expected an object {{id: record}}, "
                                  f"got {type(data).__name__}")

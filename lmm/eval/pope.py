@@ -17,12 +17,12 @@ convention).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
+from lmm.eval.files import iter_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 # Top-level metric names that a split's name must not shadow.
@@ -86,30 +86,23 @@ class POPE(Benchmark):
 
     def _load_split(self, split: str) -> list[dict]:
         path, questions, seen = self.annotation_file(split), [], set()
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.name}: {path}, line {line_no}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e})") from None
-                missing = [k for k in ("question_id", "image", "text", "label") if k not in row]
-                if missing:
-                    raise ValueError(f"{where}: missing {', '.join(missing)}")
-                label = str(row["label"]).strip().lower()
-                if label not in ("yes", "no"):
-                    raise ValueError(f"{where}: label must be yes or no, got {row['label']!r}")
-                key = f"{split}/{row['question_id']}"
-                if key in seen:
-                    raise ValueError(f"{where}: question_id {row['question_id']!r} repeats")
-                seen.add(key)
-                questions.append({"key": key, "split": split, "question_id": row["question_id"],
-                                  "image": row["image"], "image_path": self.image_root / row["image"],
-                                  "text": row["text"], "label": label})
-                if self.limit and len(questions) >= self.limit:
-                    break
+        for line_no, row in iter_jsonl(path, self.name):
+            where = f"{self.name}: {path} line {line_no}"
+            missing = [k for k in ("question_id", "image", "text", "label") if k not in row]
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(missing)}")
+            label = str(row["label"]).strip().lower()
+            if label not in ("yes", "no"):
+                raise ValueError(f"{where}: label must be yes or no, got {row['label']!r}")
+            key = f"{split}/{row['question_id']}"
+            if key in seen:
+                raise ValueError(f"{where}: question_id {row['question_id']!r} repeats")
+            seen.add(key)
+            questions.append({"key": key, "split": split, "question_id": row["question_id"],
+                              "image": row["image"], "image_path": self.image_root / row["image"],
+                              "text": row["text"], "label": label})
+            if self.limit and len(questions) >= self.limit:
+                break
         return questions
 
     def requests(self) -> list[Request]:

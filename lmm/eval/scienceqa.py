@@ -27,6 +27,7 @@ from typing import Any
 
 from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
 from lmm.eval.choices import LETTERS, format_options
+from lmm.eval.files import read_json
 
 # LLaVA's scorer knows five letters (a tuple: membership is per letter, not per substring, so "AB" or ""
 # is no letter); ScienceQA questions have at most five choices.
@@ -77,8 +78,8 @@ class ScienceQA(Benchmark):
     def _load(self) -> list[dict]:
         if self._questions is not None:
             return self._questions
-        problems = _read_json(self.problems_file)
-        splits = _read_json(self.splits_file)
+        problems = read_json(self.problems_file, self.name)
+        splits = read_json(self.splits_file, self.name)
         for path, content in ((self.problems_file, problems), (self.splits_file, splits)):
             if not isinstance(content, dict):
                 raise TypeError(f"{self.name}: {path} must hold a JSON object, not {type(content).__name__}")
@@ -148,10 +149,3 @@ def _summary(records: list[dict]) -> dict[str, Any]:
     n = len(records)
     return {"accuracy": sum(r["correct"] for r in records) / n if n else 0.0, "n": n,
             "n_failed_parse": sum(r["parsed"] is None for r in records)}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
+from lmm.eval.files import check_images, field, read_json, unique_key
 from lmm.eval.metrics import evalai_answer, textvqa_accuracy
-from lmm.eval.vqav2 import check_images, field, read_json, unique_key
 
 OCR_PREFIX = "Reference OCR token: "
 

@@ -18,61 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
+from lmm.eval.files import check_images, field, read_json, read_jsonl, read_question_jsonl, unique_key
 from lmm.eval.metrics import evalai_answer, vqa_accuracy
 
 log = logging.getLogger(__name__)
 
-
-# --- file readers shared by the VQA-style benchmarks (clear errors naming file and record) ---
-
-def read_json(path: str | Path, benchmark: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{benchmark}: {path} is not valid JSON ({e})") from None
-
-
-def read_jsonl(path: str | Path, benchmark: str) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-blank line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{benchmark}: {path} line {lineno} is not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise TypeError(f"{benchmark}: {path} line {lineno} is not a JSON object")
-            rows.append((lineno, row))
-    return rows
-
-
-def field(record: Mapping, key: str, where: str) -> Any:
-    """record[key], or an error saying which file/record lacks it."""
-    if not isinstance(record, Mapping) or key not in record:
-        raise ValueError(f"{where}: missing field {key!r}")
-    return record[key]
-
-
-def check_images(benchmark: str, paths, root: str | Path) -> None:
-    """One error for all missing images (a count and a few names, not 100k lines)."""
-    paths = list(dict.fromkeys(paths))
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{benchmark}: {len(missing)} of {len(paths)} images missing under {root}, "
-                                f"e.g. {', '.join(missing[:3])}")
-
-
-def unique_key(keys: dict, key: str, where: str) -> None:
-    if key in keys:
-        raise ValueError(f"{where}: question id {key} appears twice (first at {keys[key]})")
-    keys[key] = where
-
-
-# --- VQAv2 ---
 
 @dataclass
 class _Question:
@@ -130,20 +80,9 @@ class VQAv2(Benchmark):
         return self._items
 
     def _load_jsonl(self) -> list[_Question]:
-        rows = read_jsonl(self.questions, self.name)
-        rows = rows[: self.limit] if self.limit is not None else rows
-        items, seen = [], {}
-        for lineno, row in rows:
-            where = f"{self.name}: {self.questions} line {lineno}"
-            qid, image, text = (field(row, k, where) for k in ("question_id", "image", "text"))
-            unique_key(seen, str(qid), where)
-            prompt = with_suffix(text, self.suffix)
-            # The jsonl text carries the suffix already; the record shows the bare question.
-            question = text.rstrip()
-            if self.suffix and question.endswith(self.suffix):
-                question = question[: -len(self.suffix)].rstrip()
-            items.append(_Question(str(qid), qid, question, prompt, self.image_root / image))
-        return items
+        return [_Question(str(qid), qid, question, prompt, self.image_root / image)
+                for qid, image, question, prompt in read_question_jsonl(self.questions, self.name, self.suffix,
+                                                                        self.limit)]
 
     def _load_json(self) -> list[_Question]:
         data = read_json(self.questions, self.name)
