@@ -1,10 +1,13 @@
-"""The README's main job, unchanged: the default config must reach the easy-vqa target.
+"""The README's main job, unchanged: the default config must reach the easy-vqa target, and the
+evaluation command must give the same numbers for the checkpoint it leaves.
 
-Slow (about 8 minutes on 2 cores): it trains both stages of the demo in full and scores all
-9,673 test questions. It guards the headline number against regressions anywhere in the stack.
+Slow (about 9 minutes on 2 cores): it trains both stages of the demo in full and scores all
+9,673 test questions (and the POPE and multiple-choice forms) twice: after training and with
+`python -m lmm.evaluate`. It guards the headline number against regressions anywhere in the stack.
 """
 import pytest
 
+from lmm.eval.cli import run
 from lmm.train.run import train
 from tests.conftest import compose_config
 
@@ -13,7 +16,13 @@ from tests.conftest import compose_config
 def test_default_demo_reaches_095_on_easyvqa(data_dir, tmp_path):
     cfg = compose_config("train", runs_dir=tmp_path, overrides=[f"paths.data_dir={data_dir}",
                                                                 "+trainer.enable_progress_bar=false"])
-    results = train(cfg)["results"]["benchmarks"]
+    out = train(cfg)
+    results = out["results"]["benchmarks"]
     vqa = results["easyvqa_vqa"]
     assert vqa["n"] == 9673
     assert vqa["accuracy"] >= 0.95, vqa
+    assert results["easyvqa_pope"]["n"] == 3520 and results["easyvqa_mc"]["n"] == 1760
+    # the evaluation command on the demo checkpoint: the same table from the same checkpoint
+    eval_cfg = compose_config("eval", [f"checkpoint={out['checkpoint']}", f"paths.data_dir={data_dir}",
+                                       f"output_dir={tmp_path / 'eval'}", "evaluation.progress=false"])
+    assert run(eval_cfg)["benchmarks"] == results

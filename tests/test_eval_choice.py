@@ -18,6 +18,8 @@ from lmm.eval.scienceqa import ScienceQA, parse_choice
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "benchmark"
 
+pytest_plugins = ["tests.judge_server"]
+
 
 def _png(size=(4, 3), color=(255, 0, 0)) -> bytes:
     buf = io.BytesIO()
@@ -302,15 +304,17 @@ def test_mmbench_judge_resolves_leftovers(tmp_path):
     assert judge.chats == []                                   # nothing unresolved: no call
 
 
-def test_mmbench_judge_from_config(tmp_path, monkeypatch):
-    import lmm.eval.judge
-
-    built = []
-    fake = FakeJudge("C")
-    monkeypatch.setattr(lmm.eval.judge, "make_judge", lambda cfg: built.append(dict(cfg)) or fake)
-    cfg = {"url": "http://localhost:1/v1", "model": "m"}
-    metrics, _ = MMBench(_tsv(tmp_path / "dev.tsv"), judge=cfg).score(ANSWERS)
-    assert built == [cfg] and metrics["n_judged"] == 1
+def test_mmbench_judge_from_config_over_http(tmp_path, judge_server):
+    """The judge configured as in YAML (url, model, key) is a real HTTP client: the fake
+    OpenAI-compatible server on loopback gets the unresolved answer and its reply resolves it."""
+    judge_server.reply = lambda request: "C"
+    cfg = {"url": judge_server.url, "model": "judge-model", "api_key": "sk-test", "backoff": 0.0}
+    metrics, records = MMBench(_tsv(tmp_path / "dev.tsv"), judge=cfg).score(ANSWERS)
+    assert metrics["n_judged"] == 1 and records[2]["rounds"][0]["by"] == "judge" and records[2]["correct"]
+    (request,) = judge_server.requests
+    assert request["json"]["model"] == "judge-model"
+    assert request["headers"]["Authorization"] == "Bearer sk-test"
+    assert "I am not sure" in request["json"]["messages"][-1]["content"]
     with pytest.raises(TypeError, match="judge must be"):
         MMBench(_tsv(tmp_path / "dev.tsv"), judge="gpt").score(ANSWERS)
 

@@ -2,8 +2,7 @@
 
     <root>/images/{train,test}/<n>.png     the package's 64x64 images
     <root>/pretrain.json                   one caption per train image ("A blue rectangle.")
-    <root>/sft.json                        one multi-turn conversation per train image: all its questions
-                                           and one multiple-choice question (LLaVA-1.5's wording)
+    <root>/sft.json                        one multi-turn conversation per train image (all its questions)
     <root>/eval/                           the test set as VQAv2-, POPE- and MMBench-format files
                                            (lmm.data.easyvqa_forms)
     <root>/tokenizer/                      a byte-level BPE tokenizer trained on this corpus
@@ -17,17 +16,16 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from lmm.data.easyvqa_forms import mc_turn, write_forms
+from lmm.data.easyvqa_forms import write_forms
 from lmm.data.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
 from lmm.data.tokenizer_build import train_bpe_tokenizer
-from lmm.eval.benchmark import MULTIPLE_CHOICE, SHORT_ANSWER
 
 VERSION = 4
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
 TEMPLATE_TEXT = ["USER: ASSISTANT:", "[INST] <<SYS>>\n <</SYS>>\n\n [/INST]", VICUNA_SYSTEM,
-                 SHORT_ANSWER, MULTIPLE_CHOICE]
+                 "Answer the question using a single word or phrase."]
 
 
 def question_kind(answer: str) -> str:
@@ -91,8 +89,6 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
         else:
             skipped += 1
         questions = list(train[i])
-        if len(facts) == 2:  # the multiple-choice form of the demo's evaluation needs this format learnt
-            questions.append(mc_turn(facts, SHAPES, COLORS, rng))
         rng.shuffle(questions)
         turns = []
         for k, (q, a) in enumerate(questions):

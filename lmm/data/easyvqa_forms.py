@@ -9,7 +9,8 @@ loaders and scorers as the paper's benchmarks:
     eval/mc.tsv                                          MMBench format (base64 images): per test image
         "what shape ..." over the three shapes and "what color ..." over four colours, options shuffled
 
-And the multiple-choice turn of the SFT conversations, worded as LLaVA-1.5's multiple-choice data.
+The demo's SFT data has no multiple-choice turn: a model that answers the option's text instead of
+its letter is read by the MMBench scorer's option matching, as a LLaVA model answering that way.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ import csv
 import json
 import random
 from pathlib import Path
-
-from lmm.eval.benchmark import MULTIPLE_CHOICE
 
 SHAPE_QUESTION = "what shape is in the image?"
 COLOR_QUESTION = "what color is the shape?"
@@ -31,19 +30,6 @@ def choices(kind: str, gold: str, shapes, colors, rng: random.Random) -> list[st
     pool = list(shapes) if kind == "shape" else [gold, *rng.sample([c for c in colors if c != gold], 3)]
     rng.shuffle(pool)
     return pool
-
-
-def mc_prompt(question: str, options: list[str]) -> str:
-    lines = [question, *(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)), MULTIPLE_CHOICE]
-    return "\n".join(lines)
-
-
-def mc_turn(facts: dict, shapes, colors, rng: random.Random) -> tuple[str, str]:
-    """(question with options and suffix, answer letter) about the image's shape or colour."""
-    kind = rng.choice(["shape", "color"])
-    options = choices(kind, facts[kind], shapes, colors, rng)
-    question = SHAPE_QUESTION if kind == "shape" else COLOR_QUESTION
-    return mc_prompt(question, options), LETTERS[options.index(facts[kind])]
 
 
 def write_forms(root: Path, test: dict, facts_of, kind_of, shapes, colors, seed: int = 0) -> dict:
