@@ -104,6 +104,7 @@ def test_sqa_score_img_and_all(tmp_path):
     metrics, records = bench.score(answers)
     # 11 right; 13 parsed B but gold A; 14 failed -> 1/3, one failed parse
     assert metrics == {"accuracy": pytest.approx(1 / 3), "n": 3, "n_failed_parse": 1}
+    assert bench.notes(metrics) == "1 of 3 answers give no letter (wrong)"
     assert [(r["pid"], r["parsed"], r["correct"]) for r in records] == [("11", "B", True), ("13", "B", False),
                                                                        ("14", None, False)]
     assert bench.columns(metrics) == {"SQA-IMG": pytest.approx(100 / 3)}
@@ -298,6 +299,9 @@ def test_mmbench_judge_resolves_leftovers(tmp_path):
 
     metrics, _ = MMBench(_tsv(tmp_path / "dev.tsv"), judge=FakeJudge("Z")).score(ANSWERS)
     assert (metrics["n_unresolved"], metrics["n_judged"]) == (1, 1) and metrics["accuracy"] == pytest.approx(1 / 3)
+    bench = MMBench(_tsv(tmp_path / "dev.tsv"))
+    assert bench.notes(metrics) == f"1 of {metrics['n_prompts']} answers name no option (wrong)"
+    assert bench.notes({**metrics, "n_unresolved": 0}) == ""
 
     judge = FakeJudge("C")
     MMBench(_tsv(tmp_path / "dev.tsv"), judge=judge).score({k: "B" for k in ANSWERS})

@@ -133,6 +133,7 @@ def test_mmvet_without_judge_writes_the_submission_only(mmvet_dir, tmp_path):
     bench = mmvet(mmvet_dir, limit=2)
     metrics, records = bench.score(MMVET_ANSWERS)
     assert metrics == {"judged": 0, "n": 2} and bench.columns(metrics) == {}
+    assert bench.notes(metrics) == "not scored: no judge configured (answers written)"  # said in the table
     assert records[0]["prediction"] == "x = -1" and records[0]["answer"] == "-1<AND>-5"
     paths = bench.write_files(MMVET_ANSWERS, records, tmp_path)
     assert [p.name for p in paths] == ["mmvet_submission.json"]
@@ -300,6 +301,7 @@ def test_llavaw_without_judge(llavaw_dir, tmp_path):
     bench = llavaw(llavaw_dir)
     metrics, records = bench.score(LLAVAW_ANSWERS)
     assert metrics == {"judged": 0, "n": 5} and bench.columns(metrics) == {}
+    assert bench.notes(metrics).startswith("not scored: no judge configured")
     assert [p.name for p in bench.write_files(LLAVAW_ANSWERS, records, tmp_path)] == ["llavaw_answers.jsonl"]
 
 

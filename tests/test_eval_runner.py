@@ -70,7 +70,7 @@ def test_scores_writes_files_and_prints_the_table(tiny_lmm, images, tmp_path):
     assert answers[0]["prompt"] == "what is shape 0?\nAnswer briefly."
     assert len((out / "counting/predictions.jsonl").read_text().splitlines()) == 5
     assert (out / "counting/submission.json").is_file()
-    assert "| counting  | Counting | 80.00 | 5 |" in summary["table"]
+    assert "| counting  | Counting | 80.00 | 5 |" in summary["table"] and summary["notes"] == {"counting": ""}
 
 
 def test_limit_label_and_missing_files(tiny_lmm, images, tmp_path):
@@ -79,7 +79,7 @@ def test_limit_label_and_missing_files(tiny_lmm, images, tmp_path):
         evaluate_model(tiny_lmm, benches, tmp_path / "o1", {"progress": False})
     summary = evaluate_model(tiny_lmm, benches, tmp_path / "o2", {"progress": False, "on_missing": "skip"})
     assert "nope.json" in summary["skipped"]["a"] and summary["benchmarks"]["b"]["n"] == 7
-    assert "| a         | -        | skipped |" in summary["table"]
+    assert "| a         | -        | skipped |   | a: missing" in summary["table"]
     assert not (tmp_path / "o2/a_results.json").exists()
 
 

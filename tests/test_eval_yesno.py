@@ -260,6 +260,7 @@ def test_mme_score(tmp_path):
     assert metrics["code_reasoning"]["score"] == 200.0
     assert metrics["perception"] == 175.0 and metrics["cognition"] == 200.0 and metrics["total"] == 375.0
     assert metrics["n"] == 8
+    assert bench.notes(metrics) == "1 of 8 answers neither yes nor no (wrong)"  # artwork's "I think so"
     assert bench.columns(metrics) == {"MME": 175.0}
     assert records[3]["parsed"] == "no" and records[3]["gold"] == "Yes" and not records[3]["correct"]
 

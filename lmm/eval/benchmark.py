@@ -87,3 +87,8 @@ class Benchmark(ABC):
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """The paper table's columns for this benchmark: label -> value as the paper prints it."""
         return {}
+
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        """What a reader of the table must know to trust its number: answers the scorer could not
+        read, a score left out because no judge was configured. Empty when there is nothing to say."""
+        return ""

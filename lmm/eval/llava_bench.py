@@ -242,3 +242,9 @@ class LLaVABench(Benchmark):
 
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         return {"LLaVA-W": metrics["score"]} if metrics.get("judged") and "score" in metrics else {}
+
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        if not metrics.get("judged"):
+            return "not scored: no judge configured (answers written)"
+        unparsed = metrics.get("n_unparsed", 0)
+        return f"{unparsed} unreadable judge reviews left out" if unparsed else ""

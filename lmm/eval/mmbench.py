@@ -263,6 +263,10 @@ class MMBench(Benchmark):
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         return {"MMBench": 100 * metrics["accuracy"]} if "accuracy" in metrics else {}
 
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        unresolved = metrics.get("n_unresolved", 0)
+        return f"{unresolved} of {metrics['n_prompts']} answers name no option (wrong)" if unresolved else ""
+
 
 def _prediction(question: dict, record: dict, shown: list[str]) -> str:
     """What a row showing the options in the order `shown` gets in the submission: the rotation asked in

@@ -152,3 +152,7 @@ class MME(Benchmark):
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """LLaVA-1.5's MME column is the perception score (points)."""
         return {"MME": metrics["perception"]} if "perception" in metrics else {}
+
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        other = sum(m["n_other"] for m in metrics.values() if isinstance(m, Mapping) and "n_other" in m)
+        return f"{other} of {metrics['n']} answers neither yes nor no (wrong)" if other else ""

@@ -198,3 +198,9 @@ class MMVet(Benchmark):
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         # the official table prints percent with one decimal
         return {"MM-Vet": round(metrics["score"] * 100, 1)} if metrics.get("judged") else {}
+
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        if not metrics.get("judged"):
+            return "not scored: no judge configured (answers written)"
+        unparsed = metrics.get("n_unparsed", 0)
+        return f"{unparsed} unreadable judge grades counted as 0" if unparsed else ""

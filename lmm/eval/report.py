@@ -2,7 +2,7 @@
 on W&B, the table the command prints."""
 from __future__ import annotations
 
-from lmm.eval.run import flatten, table_rows
+from lmm.eval.run import TABLE_HEADER, flatten, table_rows
 
 
 def log_results(logger, summary: dict) -> None:
@@ -14,6 +14,6 @@ def log_results(logger, summary: dict) -> None:
     if scalars:
         logger.log_metrics(scalars)
     if hasattr(logger, "log_table"):  # W&B: the printed table, one row per benchmark column
-        logger.log_table("eval/table", columns=["benchmark", "column", "value", "n"],
-                         data=[list(r) for r in table_rows(summary["benchmarks"], summary["columns"])])
+        rows = table_rows(summary["benchmarks"], summary["columns"], summary.get("notes"))
+        logger.log_table("eval/table", columns=list(TABLE_HEADER), data=[list(r) for r in rows])
     logger.save()

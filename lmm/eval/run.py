@@ -161,20 +161,24 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def table_rows(results: Mapping[str, dict], columns: Mapping[str, dict]) -> list[tuple[str, str, str, str]]:
-    rows = []
+TABLE_HEADER = ("benchmark", "column", "value", "n", "notes")
+
+
+def table_rows(results: Mapping[str, dict], columns: Mapping[str, dict],
+               notes: Mapping[str, str] | None = None) -> list[tuple[str, str, str, str, str]]:
+    rows, notes = [], notes or {}
     for name, metrics in results.items():
         if "skipped" in metrics:
-            rows.append((name, "-", "skipped", ""))
+            rows.append((name, "-", "skipped", "", metrics["skipped"]))
             continue
         n = metrics.get("n", "")
         cells = columns.get(name) or {"": None}
         for label, value in cells.items():
-            rows.append((name, label, "-" if value is None else f"{value:.2f}", str(n)))
+            rows.append((name, label, "-" if value is None else f"{value:.2f}", str(n), notes.get(name, "")))
     return rows
 
 
-def format_table(rows: list[tuple[str, ...]], header=("benchmark", "column", "value", "n")) -> str:
+def format_table(rows: list[tuple[str, ...]], header=TABLE_HEADER) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     def line(r):
         return "| " + " | ".join(f"{c!s:<{w}}" for c, w in zip(r, widths)) + " |"
@@ -187,13 +191,14 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
                    checkpoint: str | None = None) -> dict | None:
     """Score `model` on every benchmark. Every rank calls this (the requests are split over the
     process group when one is initialised); rank zero writes the files and returns
-    {"checkpoint", "benchmarks": name -> metrics, "columns": name -> {label: value}, "skipped": ...}."""
+    {"checkpoint", "benchmarks": name -> metrics, "columns": name -> {label: value}, "notes": name -> text,
+    "skipped": name -> reason, "table": the printed table}."""
     if not isinstance(settings, Settings):
         settings = settings_from(settings)
     rank, world = _rank_world()
     out_dir = Path(out_dir)
     built = build_benchmarks(benchmarks, settings.limit)
-    results, columns, skipped = {}, {}, {}
+    results, columns, notes, skipped = {}, {}, {}, {}
     for name, (bench, options) in built.items():
         try:
             bench.check()
@@ -218,14 +223,16 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
                 cells = ({options["label"]: next(iter(cells.values()))} if len(cells) == 1
                          else {f"{options['label']} {k}": v for k, v in cells.items()})
             columns[name] = cells
+            notes[name] = bench.notes(metrics)
             (out_dir / f"{name}_results.json").write_text(
                 json.dumps({"benchmark": name, "checkpoint": checkpoint, **metrics}, indent=2))
     model.train(was_training)
     if rank != 0:
         return None
-    summary = {"checkpoint": checkpoint, "benchmarks": results, "columns": columns, "skipped": skipped}
+    summary = {"checkpoint": checkpoint, "benchmarks": results, "columns": columns, "notes": notes,
+               "skipped": skipped}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["table"] = format_table(table_rows(results, columns))
+    summary["table"] = format_table(table_rows(results, columns, notes))
     return summary
 
 

@@ -144,6 +144,10 @@ class ScienceQA(Benchmark):
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         return {"SQA-IMG": 100 * metrics["accuracy"]} if "accuracy" in metrics else {}
 
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        failed = metrics.get("n_failed_parse", 0)
+        return f"{failed} of {metrics['n']} answers give no letter (wrong)" if failed else ""
+
 
 def _summary(records: list[dict]) -> dict[str, Any]:
     n = len(records)
