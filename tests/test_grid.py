@@ -181,7 +181,8 @@ def test_hydra_multirun_over_a_2x2_tiny_grid_runs_both_stages(data_dir, tmp_path
     done = subprocess.run(gather, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(table.open()))
-    assert len(rows) == 4 and all(r["loss/pretrain"] and r["loss/sft"] and r["easyvqa/accuracy"] for r in rows)
+    assert len(rows) == 4
+    assert all(r["loss/pretrain"] and r["loss/sft"] and r["easyvqa_vqa/accuracy"] and r["easyvqa_pope/f1"] for r in rows)
 
 
 def test_a_variant_outside_the_choices_cannot_overwrite_a_run_silently(data_dir, tmp_path):
