@@ -84,7 +84,13 @@ def test_paper_experiments_base_then_share_run_on_cpu_stand_ins(with_local_weigh
             "+trainer.enable_progress_bar=false", "callbacks.samples.num_samples=1"]
     base = compose_config("train", runs_dir=tmp_path, overrides=["+experiment=TinyLLaVA-base-Sig-Phi", *tiny])
     out = train(base)
-    assert out["results"]["benchmarks"]["easyvqa_vqa"]["n"] == 8
+    # the experiment scores the paper's benchmarks; none of their files exist here: each is skipped and
+    # reported (after training, a missing benchmark is not an error)
+    skipped = out["results"]["skipped"]
+    assert set(skipped) == {"vqav2", "gqa", "textvqa", "textvqa_no_ocr", "sqa_img", "pope", "mme", "mmbench",
+                            "mmvet", "llavaw"}
+    assert all(f"{name}: missing" in reason for name, reason in skipped.items())
+    assert "| mme " in out["results"]["table"] and "skipped" in out["results"]["table"]
     # the share variant finds the base pretrain of the same cell (here on easyvqa, not llava15)
     share = compose_config("train", runs_dir=tmp_path, overrides=[
         "+experiment=TinyLLaVA-share-Sig-Phi", *tiny, "recipe.base_data=easyvqa",

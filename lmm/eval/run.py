@@ -197,6 +197,8 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
         settings = settings_from(settings)
     rank, world = _rank_world()
     out_dir = Path(out_dir)
+    if rank == 0:  # results.json is written even when every benchmark is skipped
+        out_dir.mkdir(parents=True, exist_ok=True)
     built = build_benchmarks(benchmarks, settings.limit)
     results, columns, notes, skipped = {}, {}, {}, {}
     for name, (bench, options) in built.items():
