@@ -34,7 +34,8 @@ def check_benchmark_choices(argv: list[str]) -> None:
 
 def prepare_data(benchmarks, data_dir) -> None:
     """Run each distinct `prepare` spec of the chosen benchmarks once (the easy-vqa forms build their
-    files on first use). A file lock lets every rank call this while one builds."""
+    files on first use), before the runner checks their files. A file lock lets every rank call this
+    while one builds."""
     done = []
     for spec in to_plain(benchmarks).values():
         prep = spec.get("prepare")
@@ -43,10 +44,6 @@ def prepare_data(benchmarks, data_dir) -> None:
             with FileLock(str(Path(data_dir) / ".eval.prepare.lock")):
                 build(prep)
             done.append(prep)
-
-
-def strip_prepare(benchmarks) -> dict:
-    return {name: {k: v for k, v in spec.items() if k != "prepare"} for name, spec in to_plain(benchmarks).items()}
 
 
 def run_info(checkpoint: Path) -> dict | None:
@@ -90,7 +87,7 @@ def run(cfg: DictConfig) -> dict | None:
     fabric.launch()  # devices > 1: starts the other processes (each runs this command) and the process group
     prepare_data(cfg.benchmark, cfg.paths.data_dir)
     out_dir = Path(cfg.output_dir)
-    summary = evaluate_checkpoint(checkpoint, strip_prepare(cfg.benchmark), out_dir,
+    summary = evaluate_checkpoint(checkpoint, cfg.benchmark, out_dir,
                                   settings=cfg.evaluation, device=fabric.device)
     if summary is None:  # not rank zero
         return None

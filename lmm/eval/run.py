@@ -26,7 +26,7 @@ from lmm.model.spec import build, to_plain
 
 log = logging.getLogger(__name__)
 
-RUNNER_KEYS = ("label",)  # keys of a benchmark config read by the runner, not the benchmark
+RUNNER_KEYS = ("label", "prepare")  # keys of a benchmark config read by the runner, not the benchmark
 
 
 @dataclass
@@ -40,18 +40,18 @@ class Settings:
     on_missing: str = "error"          # a benchmark whose files are missing: error | skip (counted, reported)
     reuse_answers: bool = False        # rescore <benchmark>/answers.jsonl instead of generating (e.g. judge later)
     progress: bool = True
+    dtype: str | None = "auto"         # auto | fp32 | bf16 | fp16 (see resolve_dtype)
     generate: dict = field(default_factory=dict)  # extra keyword arguments of LMM.generate
 
 
 def settings_from(cfg: Mapping | None) -> Settings:
     cfg = to_plain(cfg) if cfg is not None else {}
-    unknown = set(cfg) - set(Settings.__dataclass_fields__) - {"dtype"}
+    unknown = set(cfg) - set(Settings.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown evaluation settings {sorted(unknown)}; valid: "
-                         f"{sorted(Settings.__dataclass_fields__)} and dtype")
+        raise ValueError(f"unknown evaluation settings {sorted(unknown)}; valid: {sorted(Settings.__dataclass_fields__)}")
     if cfg.get("on_missing", "error") not in ("error", "skip"):
         raise ValueError(f"evaluation.on_missing must be 'error' or 'skip', got {cfg['on_missing']!r}")
-    return Settings(**{k: v for k, v in cfg.items() if k != "dtype"})
+    return Settings(**cfg)
 
 
 def build_benchmarks(specs: Mapping[str, Mapping | Benchmark], limit: int | None = None) -> dict[str, tuple[Benchmark, dict]]:
@@ -253,7 +253,7 @@ def evaluate_checkpoint(checkpoint, benchmarks: Mapping[str, Mapping], out_dir, 
     """Load an lmm checkpoint on `device` and score it (see `evaluate_model`)."""
     from lmm.model.checkpoint import load
 
+    settings = settings_from(settings)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = resolve_dtype(to_plain(settings or {}).get("dtype", "auto"), device)
-    model = load(checkpoint, device=device, dtype=dtype)
+    model = load(checkpoint, device=device, dtype=resolve_dtype(settings.dtype, device))
     return evaluate_model(model, benchmarks, out_dir, settings, checkpoint=str(checkpoint))

@@ -223,7 +223,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
 def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logger) -> dict | None:
     """Score the last stage's checkpoint on cfg.benchmark. Under DDP/FSDP every rank answers its
     share (the trainer's process group is still up); rank zero writes <run>/eval and logs."""
-    from lmm.eval.cli import prepare_data, strip_prepare
+    from lmm.eval.cli import prepare_data
     from lmm.eval.report import log_results
     from lmm.eval.run import evaluate_checkpoint
 
@@ -232,7 +232,7 @@ def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logg
         return None
     prepare_data(cfg.benchmark, cfg.paths.data_dir)
     device = trainer.strategy.root_device if trainer is not None else None
-    summary = evaluate_checkpoint(checkpoint, strip_prepare(cfg.benchmark), run_dir / "eval",
+    summary = evaluate_checkpoint(checkpoint, cfg.benchmark, run_dir / "eval",
                                   settings=cfg.evaluation, device=device)
     if summary is not None:
         print(f"evaluation of {checkpoint}\n{summary['table']}")
