@@ -371,6 +371,21 @@ def test_mmbench_xlsx_when_openpyxl(tmp_path):
     assert [c.value for c in sheet[1]][:7] == ["index", "question", "A", "B", "C", "D", "prediction"]
 
 
+def test_mmbench_xlsx_control_characters_in_answers(tmp_path, caplog):
+    # A generated answer may hold control characters that XML cannot store: the .xlsx shows them as
+    # U+FFFD (and the run warns), the TSV keeps the answer as generated.
+    openpyxl = pytest.importorskip("openpyxl")
+    bench = MMBench(_tsv(tmp_path / "dev.tsv"))
+    answers = {**ANSWERS, "2/0": "not\x07 sure\x1b"}                  # unresolved: written raw
+    _, records = bench.score(answers)
+    with caplog.at_level("WARNING", logger="lmm.eval.mmbench"):
+        tsv, xlsx = bench.write_files(answers, records, tmp_path)
+    assert "2 control characters" in caplog.text
+    assert _read_tsv(tsv)[2]["prediction"] == "not\x07 sure\x1b"
+    rows = list(openpyxl.load_workbook(xlsx).active.iter_rows(values_only=True))
+    assert rows[3][0] == 2 and rows[3][6] == "not\ufffd sure\ufffd"
+
+
 def test_mmbench_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.tsv"):
         MMBench(str(tmp_path / "missing.tsv")).check()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import logging
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from typing import Any
 
 from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
 from lmm.eval.choices import LETTERS, format_options, is_missing, match_option, rotate
+
+log = logging.getLogger(__name__)
 
 COPY_OFFSET = 1_000_000   # legacy TSVs: the rotated copies of question i have index i + k * COPY_OFFSET
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "image")
@@ -253,11 +256,8 @@ class MMBench(Benchmark):
             import openpyxl
         except ImportError:
             return [tsv]
-        book = openpyxl.Workbook()
-        for cells in table:
-            book.active.append(cells)
         xlsx = out_dir / f"{self.name}_submission.xlsx"
-        book.save(xlsx)
+        _write_xlsx(openpyxl, table, xlsx)
         return [tsv, xlsx]
 
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -266,6 +266,25 @@ class MMBench(Benchmark):
     def notes(self, metrics: Mapping[str, Any]) -> str:
         unresolved = metrics.get("n_unresolved", 0)
         return f"{unresolved} of {metrics['n_prompts']} answers name no option (wrong)" if unresolved else ""
+
+
+def _write_xlsx(openpyxl, table: list[list], path: Path) -> None:
+    """The table as a worksheet. XML cannot hold most control characters, which a generated answer may
+    contain; they become U+FFFD in the .xlsx (counted in a warning) and stay as generated in the TSV."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    book, replaced = openpyxl.Workbook(), 0
+    for cells in table:
+        clean = []
+        for cell in cells:
+            if isinstance(cell, str):
+                cell, n = ILLEGAL_CHARACTERS_RE.subn("\ufffd", cell)
+                replaced += n
+            clean.append(cell)
+        book.active.append(clean)
+    book.save(path)
+    if replaced:
+        log.warning("%s: %d control characters written as U+FFFD (the .tsv beside it keeps them)", path, replaced)
 
 
 def _prediction(question: dict, record: dict, shown: list[str]) -> str:
