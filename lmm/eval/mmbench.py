@@ -253,11 +253,11 @@ class MMBench(Benchmark):
         with tsv.open("w", encoding="utf-8", newline="") as f:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows(table)
         try:
-            import openpyxl
+            import openpyxl  # noqa: F401  (optional: the `eval` extra)
         except ImportError:
             return [tsv]
         xlsx = out_dir / f"{self.name}_submission.xlsx"
-        _write_xlsx(openpyxl, table, xlsx)
+        _write_xlsx(table, xlsx)
         return [tsv, xlsx]
 
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -268,12 +268,13 @@ class MMBench(Benchmark):
         return f"{unresolved} of {metrics['n_prompts']} answers name no option (wrong)" if unresolved else ""
 
 
-def _write_xlsx(openpyxl, table: list[list], path: Path) -> None:
+def _write_xlsx(table: list[list], path: Path) -> None:
     """The table as a worksheet. XML cannot hold most control characters, which a generated answer may
     contain; they become U+FFFD in the .xlsx (counted in a warning) and stay as generated in the TSV."""
+    from openpyxl import Workbook
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-    book, replaced = openpyxl.Workbook(), 0
+    book, replaced = Workbook(), 0
     for cells in table:
         clean = []
         for cell in cells:
