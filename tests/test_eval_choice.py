@@ -378,7 +378,7 @@ def test_mmbench_xlsx_control_characters_in_answers(tmp_path, caplog):
     bench = MMBench(_tsv(tmp_path / "dev.tsv"))
     answers = {**ANSWERS, "2/0": "not\x07 sure\x1b"}                  # unresolved: written raw
     _, records = bench.score(answers)
-    with caplog.at_level("WARNING", logger="lmm.eval.mmbench"):
+    with caplog.at_level("WARNING", logger="lmm.eval.files"):
         tsv, xlsx = bench.write_files(answers, records, tmp_path)
     assert "2 control characters" in caplog.text
     assert _read_tsv(tsv)[2]["prediction"] == "not\x07 sure\x1b"

@@ -1,12 +1,17 @@
-"""File readers shared by the benchmarks: clear errors naming the benchmark, the file and the line or record."""
+"""File readers shared by the benchmarks (clear errors naming the benchmark, the file and the line or record),
+and the submission-table writer."""
 from __future__ import annotations
 
+import csv
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import with_suffix
+
+log = logging.getLogger(__name__)
 
 
 def parse_json(text: str, where: str, first_line: int = 1) -> Any:
@@ -79,3 +84,32 @@ def read_question_jsonl(path: str | Path, benchmark: str, suffix: str | None,
             question = question[: -len(suffix)].rstrip()
         questions.append((qid, image, question, with_suffix(text, suffix)))
     return questions
+
+
+def write_table(table: list[list], stem: Path) -> list[Path]:
+    """`<stem>.tsv`, and `<stem>.xlsx` when openpyxl (the `eval` extra) is installed. XML cannot hold most
+    control characters, which a generated answer may contain: they become U+FFFD in the .xlsx (counted in
+    a warning) and stay as generated in the TSV."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tsv = stem.with_name(stem.name + ".tsv")
+    with tsv.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows(table)
+    try:
+        from openpyxl import Workbook
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    except ImportError:
+        return [tsv]
+    book, replaced = Workbook(), 0
+    for cells in table:
+        clean = []
+        for cell in cells:
+            if isinstance(cell, str):
+                cell, n = ILLEGAL_CHARACTERS_RE.subn("\ufffd", cell)
+                replaced += n
+            clean.append(cell)
+        book.active.append(clean)
+    xlsx = stem.with_name(stem.name + ".xlsx")
+    book.save(xlsx)
+    if replaced:
+        log.warning("%s: %d control characters written as U+FFFD (the .tsv beside it keeps them)", xlsx, replaced)
+    return [tsv, xlsx]

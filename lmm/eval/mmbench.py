@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import logging
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -30,8 +29,7 @@ from typing import Any
 
 from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
 from lmm.eval.choices import LETTERS, format_options, is_missing, match_option, rotate
-
-log = logging.getLogger(__name__)
+from lmm.eval.files import write_table
 
 COPY_OFFSET = 1_000_000   # legacy TSVs: the rotated copies of question i have index i + k * COPY_OFFSET
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "image")
@@ -247,18 +245,7 @@ class MMBench(Benchmark):
             if has_split:
                 cells.append(row["split"])
             table.append(cells)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tsv = out_dir / f"{self.name}_submission.tsv"
-        with tsv.open("w", encoding="utf-8", newline="") as f:
-            csv.writer(f, delimiter="\t", lineterminator="\n").writerows(table)
-        try:
-            import openpyxl  # noqa: F401  (optional: the `eval` extra)
-        except ImportError:
-            return [tsv]
-        xlsx = out_dir / f"{self.name}_submission.xlsx"
-        _write_xlsx(table, xlsx)
-        return [tsv, xlsx]
+        return write_table(table, Path(out_dir) / f"{self.name}_submission")
 
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         return {"MMBench": 100 * metrics["accuracy"]} if "accuracy" in metrics else {}
@@ -266,26 +253,6 @@ class MMBench(Benchmark):
     def notes(self, metrics: Mapping[str, Any]) -> str:
         unresolved = metrics.get("n_unresolved", 0)
         return f"{unresolved} of {metrics['n_prompts']} answers name no option (wrong)" if unresolved else ""
-
-
-def _write_xlsx(table: list[list], path: Path) -> None:
-    """The table as a worksheet. XML cannot hold most control characters, which a generated answer may
-    contain; they become U+FFFD in the .xlsx (counted in a warning) and stay as generated in the TSV."""
-    from openpyxl import Workbook
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-    book, replaced = Workbook(), 0
-    for cells in table:
-        clean = []
-        for cell in cells:
-            if isinstance(cell, str):
-                cell, n = ILLEGAL_CHARACTERS_RE.subn("\ufffd", cell)
-                replaced += n
-            clean.append(cell)
-        book.active.append(clean)
-    book.save(path)
-    if replaced:
-        log.warning("%s: %d control characters written as U+FFFD (the .tsv beside it keeps them)", path, replaced)
 
 
 def _prediction(question: dict, record: dict, shown: list[str]) -> str:
