@@ -13,13 +13,17 @@ else
 TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 
+LLAVA := llava-torch==1.2.2.post1
+
 .PHONY: setup demo test
 setup: $(BIN)/.installed
 
-$(BIN)/.installed: setup.cfg
+$(BIN)/.installed: setup.cfg Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[test]"
+	# LLaVA-1.5's own code, which the reference tests import; it pins torch 2.1, hence --no-deps
+	$(BIN)/pip install -q --no-deps $(LLAVA)
 	touch $@
 
 demo: setup

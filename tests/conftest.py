@@ -84,3 +84,23 @@ def tiny_lmm(tiny_specs):
 
     torch.manual_seed(0)
     return LMM(**tiny_specs).eval()
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(tmp_path_factory):
+    """`family_tokenizer("llama")`: a local tokenizer that behaves like that LLM family's (built once
+    per session; see tests/tokenizer_families.py). Pad and length settings as LLaVA's training sets them."""
+    from tests.tokenizer_families import build
+
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            tok = build(family, tmp_path_factory.mktemp(f"tokenizer_{family}"))
+            tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token  # LLaVA: pad = unk (Llama)
+            tok.model_max_length = 1 << 20
+            tok.legacy = family == "llama"  # what LLaVA's and TinyLLaVA's arithmetic asks of Llama tokenizers
+            built[family] = tok
+        return built[family]
+
+    return get

@@ -96,7 +96,8 @@ def test_plain_template_sample(processor, load):
     processor.template = PlainTemplate()
     s = load({"id": "cap", "image": "img/a.png", "conversations": conv("<image>\ndescribe", "A blue box.")})
     assert s["input_ids"][1] == IMAGE_TOKEN_ID
-    assert processor.tokenizer.decode(s["labels"][s["labels"] != IGNORE_INDEX]) == "A blue box.\n</s>"
+    # LLaVA-1.5's preprocess_plain: the caption and "\n" are trained, no EOS follows
+    assert processor.tokenizer.decode(s["labels"][s["labels"] != IGNORE_INDEX]) == "A blue box.\n"
 
 
 def test_collate_mixes_text_only_and_images_and_reports_skips(processor, load):

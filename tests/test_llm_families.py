@@ -143,11 +143,11 @@ def test_vicuna_style_family_strings(factory, expected):
 CHATML = ("<|im_start|>system\nbe brief<|im_end|>\n"
           "<|im_start|>user\n<image>\nwhat color ?<|im_end|>\n<|im_start|>assistant\nblue<|im_end|>\n"
           "<|im_start|>user\nwhat shape ?<|im_end|>\n<|im_start|>assistant\ncircle<|im_end|>\n"
-          "<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\nwelcome<|im_end|>")
+          "<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\nwelcome<|im_end|>\n")
 GEMMA_TURNS = ("<BOS><start_of_turn>user\nbe brief\n\n<image>\nwhat color ?<end_of_turn>\n<start_of_turn>model\n"
                "blue<end_of_turn>\n<start_of_turn>user\nwhat shape ?<end_of_turn>\n<start_of_turn>model\n"
                "circle<end_of_turn>\n<start_of_turn>user\nthanks<end_of_turn>\n<start_of_turn>model\n"
-               "welcome<end_of_turn>")
+               "welcome<end_of_turn>\n")
 
 
 def test_chatml_string():
@@ -163,7 +163,7 @@ def test_gemma_turns_string():
     assert as_text(gemma_turns(system="be brief").render(CONVERSATION)) == (
         GEMMA_TURNS, ["blue<end_of_turn>", "circle<end_of_turn>", "welcome<end_of_turn>"])
     text, _ = as_text(gemma_turns().render(CONVERSATION[:2]))
-    assert text == "<BOS><start_of_turn>user\n<image>\nwhat color ?<end_of_turn>\n<start_of_turn>model\nblue<end_of_turn>"
+    assert text == "<BOS><start_of_turn>user\n<image>\nwhat color ?<end_of_turn>\n<start_of_turn>model\nblue<end_of_turn>\n"
     prompt, _ = as_text(gemma_turns().render([Message("user", "hi")], add_generation_prompt=True))
     assert prompt == "<BOS><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
 

@@ -68,11 +68,14 @@ def test_llama2_without_system(word_tokenizer):
 def test_plain_template_trains_caption_only(word_tokenizer):
     messages = [Message("user", "<image>\nwhat color ?"), Message("assistant", "blue circle")]
     tokens, trained, _ = tokens_and_trained(PlainTemplate(separator=""), word_tokenizer, messages)
-    assert tokens == ["<s>", "<image>", "blue", "circle", "</s>"]
-    assert trained == ["blue", "circle", "</s>"]
+    # as LLaVA-1.5's preprocess_plain and TinyLLaVA_Factory's pretrain template: no EOS after the caption
+    assert tokens == ["<s>", "<image>", "blue", "circle"]
+    assert trained == ["blue", "circle"]
+    tokens, trained, _ = tokens_and_trained(PlainTemplate(separator="", eos=True), word_tokenizer, messages)
+    assert tokens == ["<s>", "<image>", "blue", "circle", "</s>"] and trained == ["blue", "circle", "</s>"]
     # an LLM without BOS (Qwen2) pretrains without one; the caption prompt is BOS (if any) + image
     tokens, trained, _ = tokens_and_trained(PlainTemplate(separator="", bos=False), word_tokenizer, messages)
-    assert tokens == ["<image>", "blue", "circle", "</s>"] and trained == ["blue", "circle", "</s>"]
+    assert tokens == ["<image>", "blue", "circle"] and trained == ["blue", "circle"]
     prompt = PlainTemplate().render(messages[:1], add_generation_prompt=True)
     ids, labels = encode_segments(prompt, word_tokenizer)
     assert ids.tolist() == [word_tokenizer.bos_token_id, IMAGE_TOKEN_ID] and labels.eq(IGNORE_INDEX).all()

@@ -15,12 +15,13 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 
 
 def reference(image: Image.Image, size: int, mean, std, resample="bicubic", pad=True) -> torch.Tensor:
-    """The plain recipe the fast transform must reproduce: RGB, mean-colour canvas, resize, normalise."""
+    """The plain recipe the fast transform must reproduce: RGB, mean-colour canvas (int(255 * mean), as
+    LLaVA-1.5), resize, normalise."""
     image = image.convert("RGB")
     w, h = image.size
     if pad and w != h:
         side = max(w, h)
-        canvas = Image.new("RGB", (side, side), tuple(round(255 * m) for m in mean))
+        canvas = Image.new("RGB", (side, side), tuple(int(255 * m) for m in mean))
         canvas.paste(image, ((side - w) // 2, (side - h) // 2))
         image = canvas
     if image.size != (size, size):
@@ -165,7 +166,7 @@ def test_pad_to_square_keeps_content_and_fills_with_mean_colour():
     assert x.shape == (3, 40, 40)
     red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(MEAN)) / torch.tensor(STD)
     assert torch.allclose(x[:, 20, :], red[:, None].expand(3, 40))  # the whole width of the image is kept
-    fill = (torch.tensor([round(255 * m) / 255 for m in MEAN]) - torch.tensor(MEAN)) / torch.tensor(STD)
+    fill = (torch.tensor([int(255 * m) / 255 for m in MEAN]) - torch.tensor(MEAN)) / torch.tensor(STD)
     assert torch.allclose(x[:, 0, :], fill[:, None].expand(3, 40), atol=1e-2)  # padding ~0 after normalising
     assert torch.allclose(x[:, 39, :], fill[:, None].expand(3, 40), atol=1e-2)
 

@@ -50,6 +50,8 @@ class LlavaDataModule(L.LightningDataModule):
         strict: bool = False,
         source: str = "json",
         index_dir: str | None = None,
+        image_placeholder: str = "front",
+        leading_assistant: str = "drop",
     ):
         super().__init__()
         self.annotations = [annotations] if isinstance(annotations, str) else list(annotations)
@@ -57,12 +59,14 @@ class LlavaDataModule(L.LightningDataModule):
         self.batching = BatchingConfig(batching, micro_batch_size, max_tokens, pack_length, window, shuffle, seed)
         self.num_workers, self.max_length, self.cache = num_workers, max_length, cache
         self.over_length, self.strict, self.source_kind, self.index_dir = over_length, strict, source, index_dir
+        self.normalise = {"image_placeholder": image_placeholder, "leading_assistant": leading_assistant}
         self.processor: SampleProcessor | None = None
         self.source = None
         self.table: LengthTable | None = None
         self.sampler: PlanSampler | None = None
         self.indices = self.lengths = None
         self.skip_counts: Counter = Counter()  # records left out of every epoch, by reason
+        self.note_counts: Counter = Counter()  # usable records the normalisation changed, by kind
         self._resume: dict | None = None
 
     @property
@@ -73,7 +77,7 @@ class LlavaDataModule(L.LightningDataModule):
         """Take the tokenizer, image transform and visual-token count from `model`; `template`
         is the stage's prompt format (the LLM's chat template, or the plain pretrain one)."""
         self.processor = SampleProcessor(model.tokenizer, template, model.image_transform, model.num_visual_tokens,
-                                         self.max_length, self.over_length)
+                                         self.max_length, self.over_length, **self.normalise)
         return self
 
     def setup(self, stage: str | None = None, rank: int | None = None, world: int | None = None) -> None:
@@ -126,8 +130,13 @@ class LlavaDataModule(L.LightningDataModule):
             self.skip_counts["too_long"] += int(too_long.sum())
         self.truncated_planned = int(too_long.sum()) if self.over_length == "truncate" else 0
         self.indices = np.flatnonzero(usable)
+        self.note_counts = self.table.note_counts(usable)
         log.info("data: %s%s", self.source.describe(),
                  f" | left out of every epoch: {dict(self.skip_counts)}" if self.skip_counts else "")
+        if self.note_counts:
+            log.info("data: normalised as the reference pipelines do (data.loader.image_placeholder=%s, "
+                     "leading_assistant=%s): %s", self.normalise["image_placeholder"],
+                     self.normalise["leading_assistant"], dict(self.note_counts))
         for reason, details in self.table.examples.items():
             for d in details:
                 log.warning("bad record (%s): %s", reason, d)

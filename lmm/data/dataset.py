@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lmm.data.formats import image_paths, to_messages
+from lmm.data.formats import (IMAGE_PLACEHOLDER_MODES, LEADING_ASSISTANT_MODES, NOTES, check_mode, image_paths,
+                              to_messages)
 from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID, SampleError, encode_segments
 
 OVER_LENGTH = ("drop", "truncate")
@@ -35,6 +36,7 @@ class Encoded:
     images: list[str]  # image paths in placeholder order (those past a truncation are dropped)
     length: int  # sequence length the model sees: text tokens + visual tokens
     truncated: bool = False
+    notes: int = 0  # bit k set: normalisation NOTES[k] changed the record
 
 
 def expanded_length(input_ids: torch.Tensor, num_visual_tokens: int) -> int:
@@ -54,7 +56,9 @@ def truncate(input_ids: torch.Tensor, labels: torch.Tensor, num_visual_tokens: i
 class SampleProcessor:
     """Everything needed to turn a LLaVA record into tensors; the model supplies its parts.
     `over_length`: what to do with a sample longer than `max_length` (visual tokens included):
-    "drop" it (a counted skip) or "truncate" it at the end without cutting into an image."""
+    "drop" it (a counted skip) or "truncate" it at the end without cutting into an image.
+    `image_placeholder` / `leading_assistant`: the record normalisation of `lmm.data.formats`
+    (defaults: the references')."""
 
     tokenizer: object
     template: object
@@ -62,17 +66,22 @@ class SampleProcessor:
     num_visual_tokens: int
     max_length: int = 2048
     over_length: str = "drop"
+    image_placeholder: str = "front"
+    leading_assistant: str = "drop"
 
     def __post_init__(self):
-        if self.over_length not in OVER_LENGTH:
-            raise ValueError(f"unknown over_length {self.over_length!r}; valid: {list(OVER_LENGTH)}")
+        check_mode("over_length", self.over_length, OVER_LENGTH)
+        check_mode("image_placeholder", self.image_placeholder, IMAGE_PLACEHOLDER_MODES)
+        check_mode("leading_assistant", self.leading_assistant, LEADING_ASSISTANT_MODES)
         if self.max_length < self.num_visual_tokens + 2:
             raise ValueError(f"max_length {self.max_length} cannot hold one image ({self.num_visual_tokens} visual "
                              f"tokens) and an answer")
 
     def encode(self, record: dict) -> Encoded:
         """Text only: token ids, labels and the image paths; raises `SampleError` with the reason."""
-        messages = to_messages(record)
+        notes: list[str] = []
+        messages = to_messages(record, self.image_placeholder, self.leading_assistant, notes)
+        flags = sum(1 << NOTES.index(n) for n in notes)
         try:
             segments = self.template.render(messages)
         except ValueError as e:  # e.g. a multi-turn record given to the one-caption pretrain format
@@ -83,7 +92,7 @@ class SampleProcessor:
         images = image_paths(record)
         length = expanded_length(input_ids, self.num_visual_tokens)
         if length <= self.max_length:
-            return Encoded(input_ids, labels, images, length)
+            return Encoded(input_ids, labels, images, length, notes=flags)
         if self.over_length == "drop":
             raise SampleError("too_long", f"record {record.get('id')!r}: {length} > max_length {self.max_length}")
         input_ids, labels = truncate(input_ids, labels, self.num_visual_tokens, self.max_length)
@@ -91,7 +100,8 @@ class SampleProcessor:
             raise SampleError("too_long", f"record {record.get('id')!r}: {length} tokens, and no trained token "
                                           f"is left within max_length {self.max_length}")
         n_images = int((input_ids == IMAGE_TOKEN_ID).sum())
-        return Encoded(input_ids, labels, images[:n_images], expanded_length(input_ids, self.num_visual_tokens), True)
+        return Encoded(input_ids, labels, images[:n_images], expanded_length(input_ids, self.num_visual_tokens), True,
+                       flags)
 
     def load_image(self, open_image: Callable, path: str) -> torch.Tensor:
         try:

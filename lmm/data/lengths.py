@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from lmm.data.dataset import SKIP_REASONS, SampleProcessor
+from lmm.data.formats import NOTES
 from lmm.data.tokenize import IMAGE_TOKEN_ID, SampleError
 
 log = logging.getLogger(__name__)
-LENGTHS_VERSION = 1
+LENGTHS_VERSION = 2  # 2: whole-string tokenisation as the references, normalisation notes
 EXAMPLES = 3  # details kept per skip reason
 PARALLEL_FROM = 20_000  # records; below this a process pool costs more than it saves
 
@@ -35,6 +36,7 @@ class LengthTable:
     text: np.ndarray  # (N,) int32 token count incl. one sentinel per image; 0 when unusable
     images: np.ndarray  # (N,) int32 number of images
     status: np.ndarray  # (N,) int8: 0 usable, else 1 + index in SKIP_REASONS
+    notes: np.ndarray  # (N,) int8: bit k set when normalisation NOTES[k] changed the (usable) record
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def lengths(self, num_visual_tokens: int) -> np.ndarray:
@@ -44,6 +46,11 @@ class LengthTable:
         status = self.status if mask is None else self.status[mask]
         codes, counts = np.unique(status[status > 0], return_counts=True)
         return Counter({SKIP_REASONS[c - 1]: int(n) for c, n in zip(codes, counts)})
+
+    def note_counts(self, mask: np.ndarray | None = None) -> Counter:
+        """Usable records changed by each normalisation (placeholder moved, leading turn dropped)."""
+        notes = self.notes if mask is None else self.notes[mask]
+        return Counter({name: n for k, name in enumerate(NOTES) if (n := int(((notes >> k) & 1).sum()))})
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -55,7 +62,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def table_key(source, processor: SampleProcessor) -> str:
     template = json.dumps(processor.template.spec(), sort_keys=True, default=str)
-    parts = [source.fingerprint, tokenizer_fingerprint(processor.tokenizer), template, str(LENGTHS_VERSION)]
+    normalise = f"{processor.image_placeholder}|{processor.leading_assistant}"
+    parts = [source.fingerprint, tokenizer_fingerprint(processor.tokenizer), template, normalise, str(LENGTHS_VERSION)]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -68,6 +76,7 @@ def _measure(bounds: tuple[int, int]):
     text = np.zeros(end - start, np.int32)
     images = np.zeros(end - start, np.int32)
     status = np.zeros(end - start, np.int8)
+    notes = np.zeros(end - start, np.int8)
     examples: dict[str, list[str]] = {}
     for k, i in enumerate(range(start, end)):
         try:
@@ -81,7 +90,8 @@ def _measure(bounds: tuple[int, int]):
             continue
         text[k] = len(enc.input_ids)
         images[k] = int((enc.input_ids == IMAGE_TOKEN_ID).sum())
-    return text, images, status, examples
+        notes[k] = enc.notes
+    return text, images, status, notes, examples
 
 
 def measure(source, processor: SampleProcessor, workers: int = 0, strict: bool = False) -> LengthTable:
@@ -104,11 +114,11 @@ def measure(source, processor: SampleProcessor, workers: int = 0, strict: bool =
         _WORK = None
     examples: dict[str, list[str]] = {}
     for part in parts:
-        for reason, details in part[3].items():
+        for reason, details in part[4].items():
             examples.setdefault(reason, []).extend(details[: EXAMPLES - len(examples.get(reason, []))])
     empty = np.zeros(0, np.int32)
-    table = LengthTable(np.concatenate([p[0] for p in parts] or [empty]), np.concatenate([p[1] for p in parts] or [empty]),
-                        np.concatenate([p[2] for p in parts] or [empty.astype(np.int8)]), examples)
+    table = LengthTable(*(np.concatenate([p[k] for p in parts] or [empty.astype(dtype)])
+                          for k, dtype in enumerate((np.int32, np.int32, np.int8, np.int8))), examples)
     log.info("measured %d records in %.1f s (%d workers)", n, time.perf_counter() - t0, workers)
     return table
 
@@ -120,12 +130,12 @@ def length_table(source, processor: SampleProcessor, index_dir: str | None = Non
     path = Path(index_dir) / f"lengths-{table_key(source, processor)}.npz" if index_dir else None
     if path is not None and path.is_file() and not strict:
         with np.load(path) as z:
-            return LengthTable(z["text"], z["images"], z["status"], json.loads(str(z["examples"])))
+            return LengthTable(z["text"], z["images"], z["status"], z["notes"], json.loads(str(z["examples"])))
     table = measure(source, processor, workers, strict)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, text=table.text, images=table.images, status=table.status,
+        np.savez(tmp, text=table.text, images=table.images, status=table.status, notes=table.notes,
                  examples=np.array(json.dumps(table.examples)))
         tmp.replace(path)
     return table

@@ -1,8 +1,9 @@
 """Prompt templates: turn a conversation into segments that know whether they are trained.
 
 A template never tokenises; it yields `Segment`s (text, or the BOS/EOS token by name) each marked
-`trained` or not. `lmm.data.tokenize.encode_segments` turns them into `input_ids` + `labels`, so
-label positions are exact by construction (no re-tokenising the whole string and guessing offsets).
+`trained` or not. `lmm.data.tokenize.encode_segments` joins them into the one string the reference
+pipelines (LLaVA-1.5, TinyLLaVA_Factory) build, tokenises it whole as they do, and trains the tokens
+that cover trained characters.
 
 The chat template belongs to the LLM config (`llm.template`); the plain template is what the
 pretrain stage uses for every LLM (image followed by the caption, as LLaVA's `plain` version).
@@ -84,15 +85,18 @@ class ChatTemplate:
 
 @dataclass
 class PlainTemplate:
-    """LLaVA's pretrain format: BOS, the image(s), then the caption (trained) and EOS.
+    """LLaVA's pretrain format: the image(s), then the caption and `separator` (trained).
 
-    The user text apart from its image placeholders is dropped, as in LLaVA-1.5's `plain` prompt:
-    the stage learns to align visual tokens with the caption, not to follow instructions.
+    As LLaVA-1.5's `preprocess_plain` and TinyLLaVA_Factory's `PretrainTemplate`, the user text apart
+    from its image placeholders is dropped (the stage aligns visual tokens with the caption, not
+    instruction following), the caption is kept as written, and no EOS follows it. `eos: true` adds
+    a trained EOS after the separator (a deliberate difference from both references, off by default).
     `bos` follows the LLM's chat template (Qwen2's tokenizer has no BOS token at all).
     """
 
     separator: str = "\n"
     bos: bool = True
+    eos: bool = False
 
     def _start(self, n_images: int) -> list[Segment]:
         return [Segment(special="bos")] * self.bos + [Segment(IMAGE_PLACEHOLDER * n_images)]
@@ -106,8 +110,8 @@ class PlainTemplate:
         if len(messages) != 2:
             raise ValueError(f"a plain (caption) sample has exactly one user and one assistant turn, got {len(messages)} turns")
         return self._start(messages[0].content.count(IMAGE_PLACEHOLDER)) + [
-            Segment(messages[1].content.strip() + self.separator, trained=True),
-            Segment(special="eos", trained=True),
+            Segment(messages[1].content + self.separator, trained=True),
+            *[Segment(special="eos", trained=True)] * self.eos,
         ]
 
     def spec(self) -> dict:
@@ -178,7 +182,8 @@ class TurnTemplate:
         [BOS] {start}{system_role}\\n{system}{end}\\n
         {start}{user_role}\\n{q1}{end}\\n{start}{assistant_role}\\n  a1{end}  \\n{start}{user_role}\\n{q2} ...
 
-    Trained: each answer and its end marker. The markers are written as text, so the tokenizer must
+    as the models' own chat templates render it (a newline after every end marker; `trim`: each
+    message stripped, as Gemma's template does). Trained: each answer and its end marker. The markers are written as text, so the tokenizer must
     know them as special tokens (single ids). Generation stops on the tokenizer's EOS: right for
     Qwen2-Instruct (EOS is `<|im_end|>`), not for Gemma-it (EOS `<eos>`, turns end `<end_of_turn>`).
     With `system_role=None` (Gemma has no system turn) a system text opens the first user turn.
@@ -191,9 +196,13 @@ class TurnTemplate:
     system: str = ""
     system_role: str | None = "system"
     bos: Literal["once", "none"] = "none"
+    trim: bool = False
 
     def _turn(self, role: str, content: str) -> str:
         return f"{self.turn_start}{role}\n{content}{self.turn_end}\n"
+
+    def _text(self, content: str) -> str:
+        return content.strip() if self.trim else content
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> list[Segment]:
         check_alternation(messages)
@@ -202,17 +211,16 @@ class TurnTemplate:
         segs: list[Segment] = [Segment(special="bos")] if self.bos == "once" else []
         first_prefix = ""
         if self.system and self.system_role is not None:
-            segs.append(Segment(self._turn(self.system_role, self.system)))
+            segs.append(Segment(self._turn(self.system_role, self._text(self.system))))
         elif self.system:
             first_prefix = self.system + "\n\n"
         for i, m in enumerate(messages):
             if m.role == "user":
-                content = (first_prefix if i == 0 else "") + m.content
+                content = (first_prefix if i == 0 else "") + self._text(m.content)
                 segs.append(Segment(self._turn(self.user_role, content) + self.turn_start + self.assistant_role + "\n"))
             else:
-                segs.append(Segment(m.content + self.turn_end, trained=True))
-                if i + 1 < len(messages):
-                    segs.append(Segment("\n"))
+                segs.append(Segment(self._text(m.content) + self.turn_end, trained=True))
+                segs.append(Segment("\n"))
         return segs
 
     def spec(self) -> dict:
@@ -226,6 +234,7 @@ def chatml(system: str = "You are a helpful assistant.") -> TurnTemplate:
 
 def gemma_turns(system: str = "") -> TurnTemplate:
     """Gemma-it's format: `<bos><start_of_turn>user ... <end_of_turn>` and a `model` role, no system
-    turn. Its tokenizer's EOS is `<eos>`, not `<end_of_turn>`: generation must also stop on that."""
+    turn, messages stripped. Its tokenizer's EOS is `<eos>`, not `<end_of_turn>`: generation must
+    also stop on that."""
     return TurnTemplate(turn_start="<start_of_turn>", turn_end="<end_of_turn>", assistant_role="model",
-                        system=system, system_role=None, bos="once")
+                        system=system, system_role=None, bos="once", trim=True)

@@ -105,7 +105,7 @@ class ImageTransform:
 
     @property
     def fill(self) -> tuple[int, int, int]:
-        return tuple(round(255 * m) for m in self.mean)
+        return tuple(int(255 * m) for m in self.mean)  # truncated, as LLaVA-1.5 and TinyLLaVA_Factory: int(x * 255)
 
     @cached_property
     def _scale_offset(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,6 +92,7 @@ class SkipMonitor(L.Callback):
         log = {"data/skipped": float(total), "data/skipped_fraction": total / max(1, records),
                "data/truncated": float(truncated)}
         log.update({f"data/skipped/{r}": float(counts[r]) for r in SKIP_REASONS if counts.get(r)})
+        log.update({f"data/normalised/{k}": float(n) for k, n in getattr(trainer.datamodule, "note_counts", {}).items()})
         for key, value in log.items():
             pl_module.log(key, value, sync_dist=True, reduce_fx="max")
         if total or truncated:

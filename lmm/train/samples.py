@@ -23,7 +23,7 @@ def _prompts(datamodule, n: int) -> list[dict]:
         index = int(index)
         try:
             record = source.read(index)
-            messages = to_messages(record)
+            messages = to_messages(record, processor.image_placeholder, processor.leading_assistant)
             ids, _ = encode_segments(processor.template.render(messages[:1], add_generation_prompt=True),
                                      processor.tokenizer)
             paths = image_paths(record)

@@ -1,0 +1,137 @@
+"""Record normalisation as the references do it (placeholder to the front, a leading assistant turn
+dropped), its switches, and its accounting in the length pass; the label rule at token boundaries."""
+import json
+
+import pytest
+
+from lmm.data import templates
+from lmm.data.dataset import SampleProcessor
+from lmm.data.formats import image_first, to_messages
+from lmm.data.lengths import measure
+from lmm.data.sources import JsonSource
+from lmm.data.tokenize import IGNORE_INDEX, SampleError, _trained, encode_text
+from tests import reference_tinyllava as tf
+
+L = pytest.importorskip("tests.reference_llava")
+
+
+def record(first: str, leading_gpt: bool = False) -> dict:
+    turns = [{"from": "human", "value": first}, {"from": "gpt", "value": "blue"}]
+    if leading_gpt:
+        turns.insert(0, {"from": "gpt", "value": "Hi there."})
+    return {"id": "r", "image": "a.png", "conversations": turns}
+
+
+@pytest.mark.parametrize("text", ["What color?\n<image>", "<image>\nWhat color?", "What <image> color?",
+                                  "  <image>  What color?  ", "<image>", "What color?<image>\n\n"])
+def test_image_first_is_llavas_preprocess_multimodal(text):
+    sources = L.train.preprocess_multimodal([[{"from": "human", "value": text}]], L.DATA_ARGS)
+    assert image_first(text) == sources[0][0]["value"]
+    assert image_first(text) == ("<image>\n" + text.replace("<image>", "").strip()).strip()  # TinyLLaVA_Factory
+
+
+def test_placeholder_moved_and_counted():
+    notes = []
+    messages = to_messages(record("What color?\n<image>"), notes=notes)
+    assert messages[0].content == "<image>\nWhat color?" and notes == ["image_placeholder_moved"]
+    notes = []
+    assert to_messages(record("<image>\nWhat color?"), notes=notes)[0].content == "<image>\nWhat color?"
+    assert notes == []  # already in the references' place: nothing to count
+    kept = to_messages(record("What color?\n<image>"), image_placeholder="keep", notes=notes)
+    assert kept[0].content == "What color?\n<image>" and notes == []
+
+
+def test_two_placeholders_in_one_turn_keep_both():
+    rec = {"id": "r", "image": ["a.png", "b.png"],
+           "conversations": [{"from": "human", "value": "compare <image> and <image>"}, {"from": "gpt", "value": "same"}]}
+    assert to_messages(rec)[0].content == "<image>\n<image>\ncompare  and"
+
+
+def test_leading_assistant_turn_dropped_as_the_references(word_tokenizer_factory):
+    notes = []
+    messages = to_messages(record("<image>\nWhat color?", leading_gpt=True), notes=notes)
+    assert [m.role for m in messages] == ["user", "assistant"] and notes == ["leading_assistant_dropped"]
+    assert tf.qa_lists(record("<image>\nWhat color?", leading_gpt=True)["conversations"]) == (
+        ["<image>\nWhat color?"], ["blue"])
+    with pytest.raises(SampleError) as e:
+        to_messages(record("<image>\nWhat color?", leading_gpt=True), leading_assistant="skip")
+    assert e.value.reason == "unanswered_turn"
+    with pytest.raises(SampleError, match="single assistant turn"):
+        to_messages({"id": "x", "conversations": [{"from": "gpt", "value": "hi"}]})
+
+
+def test_unknown_modes_list_the_valid_ones(word_tokenizer_factory):
+    tok = word_tokenizer_factory()
+    with pytest.raises(ValueError, match=r"unknown image_placeholder 'first'; valid: \['front', 'keep'\]"):
+        SampleProcessor(tok, templates.vicuna(), None, 4, image_placeholder="first")
+    with pytest.raises(ValueError, match=r"unknown leading_assistant 'keep'; valid: \['drop', 'skip'\]"):
+        SampleProcessor(tok, templates.vicuna(), None, 4, leading_assistant="keep")
+
+
+def test_length_pass_counts_what_normalisation_changed(tmp_path, word_tokenizer_factory):
+    recs = [record("What color?\n<image>"), record("<image>\nWhat color?", leading_gpt=True),
+            record("<image>\nWhat color?"), record("What color? <image>", leading_gpt=True),
+            {"id": "bad", "conversations": []}]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(recs))
+    proc = SampleProcessor(word_tokenizer_factory(), templates.vicuna(system=""), None, 4)
+    table = measure(JsonSource(path, tmp_path), proc)
+    usable = table.status == 0
+    assert usable.tolist() == [True, True, True, True, False]
+    assert table.note_counts(usable) == {"image_placeholder_moved": 2, "leading_assistant_dropped": 2}
+    proc_keep = SampleProcessor(word_tokenizer_factory(), templates.vicuna(system=""), None, 4,
+                                image_placeholder="keep", leading_assistant="skip")
+    kept = measure(JsonSource(path, tmp_path), proc_keep)
+    assert kept.note_counts(kept.status == 0) == {} and (kept.status == 0).tolist() == [True, False, True, False, False]
+
+
+def test_straddling_and_zero_width_tokens():
+    """Trained spans [5, 9): a token is trained when it covers a trained character; one that covers
+    none is trained when the character it stands before is."""
+    starts, ends = [5], [9]
+    assert _trained(3, 6, starts, ends)        # straddles the start: holds the answer's first letter
+    assert _trained(8, 11, starts, ends)       # straddles the end: holds the answer's last letter
+    assert not _trained(2, 5, starts, ends) and not _trained(9, 12, starts, ends)  # touches, covers none
+    assert _trained(5, 5, starts, ends) and not _trained(9, 9, starts, ends) and not _trained(4, 4, starts, ends)
+
+
+def test_a_merge_across_the_boundary_is_trained():
+    """A vocabulary whose token ':b' spans the template's colon and the answer's first letter."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "A": 2, ":b": 3, "lue": 4, ":": 5, "b": 6}
+    # greedy longest match over the whole string (no pre-tokenizer): "A", ":b", "lue"
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="</s>", continuing_subword_prefix="", max_input_chars_per_word=100))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    text = "A:blue"
+    ids, labels = encode_text(text, [(2, 6)], False, fast)  # "blue" trained
+    assert fast.convert_ids_to_tokens(ids) == ["A", ":b", "lue"]
+    assert [lab != IGNORE_INDEX for lab in labels] == [False, True, True]
+
+
+@pytest.fixture
+def word_tokenizer_factory():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "USER", "ASSISTANT", ":", "<", ">", "image", "What", "color", "?", "blue", "Hi",
+             "there", "."]
+
+    def make():
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+    return make
+
+
+def test_slow_tokenizer_is_a_clear_error():
+    class Slow:
+        bos_token_id = None
+
+        def __call__(self, *a, **kw):
+            raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+
+    with pytest.raises(ValueError, match="fast"):
+        encode_text("a", [(0, 1)], False, Slow())
