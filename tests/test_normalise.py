@@ -9,7 +9,7 @@ from lmm.data.dataset import SampleProcessor
 from lmm.data.formats import image_first, to_messages
 from lmm.data.lengths import measure
 from lmm.data.sources import JsonSource
-from lmm.data.tokenize import IGNORE_INDEX, SampleError, _trained, encode_text
+from lmm.data.tokenize import IGNORE_INDEX, SampleError, encode_text
 from tests import reference_tinyllava as tf
 
 L = pytest.importorskip("tests.reference_llava")
@@ -85,29 +85,43 @@ def test_length_pass_counts_what_normalisation_changed(tmp_path, word_tokenizer_
     assert kept.note_counts(kept.status == 0) == {} and (kept.status == 0).tolist() == [True, False, True, False, False]
 
 
-def test_straddling_and_zero_width_tokens():
-    """Trained spans [5, 9): a token is trained when it covers a trained character; one that covers
-    none is trained when the character it stands before is."""
-    starts, ends = [5], [9]
-    assert _trained(3, 6, starts, ends)        # straddles the start: holds the answer's first letter
-    assert _trained(8, 11, starts, ends)       # straddles the end: holds the answer's last letter
-    assert not _trained(2, 5, starts, ends) and not _trained(9, 12, starts, ends)  # touches, covers none
-    assert _trained(5, 5, starts, ends) and not _trained(9, 9, starts, ends) and not _trained(4, 4, starts, ends)
-
-
-def test_a_merge_across_the_boundary_is_trained():
-    """A vocabulary whose token ':b' spans the template's colon and the answer's first letter."""
+def greedy_tokenizer(vocab: dict):
+    """Greedy longest match over the whole string (no pre-tokenizer), so merges cross any boundary."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<s>": 0, "</s>": 1, "A": 2, ":b": 3, "lue": 4, ":": 5, "b": 6}
-    # greedy longest match over the whole string (no pre-tokenizer): "A", ":b", "lue"
     tok = Tokenizer(models.WordPiece(vocab, unk_token="</s>", continuing_subword_prefix="", max_input_chars_per_word=100))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    text = "A:blue"
-    ids, labels = encode_text(text, [(2, 6)], False, fast)  # "blue" trained
-    assert fast.convert_ids_to_tokens(ids) == ["A", ":b", "lue"]
-    assert [lab != IGNORE_INDEX for lab in labels] == [False, True, True]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def trained_tokens(tok, text, spans):
+    ids, labels = encode_text(text, spans, False, tok)
+    return [(t, lab != IGNORE_INDEX) for t, lab in zip(tok.convert_ids_to_tokens(ids), labels)]
+
+
+def test_a_token_straddling_either_edge_of_a_trained_span_is_trained():
+    """The rule: a token holding at least one trained character is trained."""
+    tok = greedy_tokenizer({"<s>": 0, "</s>": 1, "A": 2, ":b": 3, "lue": 4, ":": 5, "b": 6, "e!": 7, "blu": 8, "!": 9})
+    # ':b' holds the template's colon and the answer's first letter
+    assert trained_tokens(tok, "A:blue", [(2, 6)]) == [("A", False), (":b", True), ("lue", True)]
+    # 'e!' holds the answer's last letter and the untrained '!' after it
+    assert trained_tokens(tok, "blue!", [(0, 4)]) == [("blu", True), ("e!", True)]
+    # a token wholly outside is not, even when it touches the span
+    assert trained_tokens(tok, "A:b!", [(2, 3)]) == [("A", False), (":b", True), ("!", False)]
+    assert trained_tokens(tok, "A:b!", [(3, 4)]) == [("A", False), (":b", False), ("!", True)]
+
+
+def test_characters_split_into_several_byte_tokens_are_trained_whole(family_tokenizer):
+    """Llama's byte fallback: an emoji at either edge of an answer is 4 tokens, all trained."""
+    tok = family_tokenizer("llama")
+    text = "USER: hi ASSISTANT: 😀 ok 😀</s>"
+    start = text.index(" 😀")
+    pairs = trained_tokens(tok, text, [(start, len(text))])
+    emoji = ["<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]
+    first = [t for t, _ in pairs].index("▁", [t for t, _ in pairs].index("▁ASSISTANT"))
+    assert pairs[first - 1] == (":", False) and all(not on for _, on in pairs[:first])
+    assert [t for t, _ in pairs[first:first + 5]] == ["▁", *emoji] and all(on for _, on in pairs[first:])
+    assert [t for t, _ in pairs[-5:]] == [*emoji, "</s>"]
 
 
 @pytest.fixture
@@ -127,11 +141,22 @@ def word_tokenizer_factory():
 
 
 def test_slow_tokenizer_is_a_clear_error():
-    class Slow:
-        bos_token_id = None
-
-        def __call__(self, *a, **kw):
-            raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+    class Slow:  # a Python tokenizer: no Rust backend, no character-to-token map
+        bos_token_id = eos_token_id = bos_token = eos_token = None
 
     with pytest.raises(ValueError, match="fast"):
         encode_text("a", [(0, 1)], False, Slow())
+
+
+def test_a_backend_left_truncating_is_not_used_directly(family_tokenizer):
+    """LLaVA's own preprocess calls the tokenizer with truncation, which stays set on the backend;
+    the encoding must still be the full one."""
+    tok = family_tokenizer("llama")
+    text = "USER: " + "red blue " * 40 + "ASSISTANT: green</s>"
+    full, _ = encode_text(text, [(len(text) - 10, len(text))], True, tok)
+    tok("x", truncation=True, max_length=8)
+    try:
+        assert encode_text(text, [(len(text) - 10, len(text))], True, tok)[0] == full
+        assert len(full) > 80
+    finally:
+        tok.backend_tokenizer.no_truncation()
