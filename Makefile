@@ -13,7 +13,7 @@ else
 TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 
-LLAVA := llava-torch==1.2.2.post1
+LLAVA := llava-torch==1.2.2.post1 shortuuid==1.0.13   # shortuuid: imported by its eval scripts
 
 .PHONY: setup demo test
 setup: $(BIN)/.installed
