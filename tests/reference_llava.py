@@ -10,22 +10,21 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, Sequence
 
 import pytest
 
 llava = pytest.importorskip("llava", reason="llava-torch (LLaVA-1.5's code) is not installed")
 
-import tokenizers  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from packaging import version  # noqa: E402
-
-from llava import constants, conversation  # noqa: E402
-from llava.mm_utils import expand2square, tokenizer_image_token  # noqa: E402,F401
+import tokenizers
+import torch
+import transformers
+from llava import constants, conversation
+from llava.mm_utils import expand2square, tokenizer_image_token  # noqa: F401
+from packaging import version
 
 TRAIN_FUNCTIONS = ("preprocess_multimodal", "preprocess_v1", "preprocess_plain", "preprocess_llama_2", "preprocess")
 
@@ -37,13 +36,13 @@ def _train_functions() -> SimpleNamespace:
     missing = set(TRAIN_FUNCTIONS) - {node.name for node in body}
     assert not missing, f"{path} no longer defines {missing}"
     namespace = {
-        "copy": copy, "torch": torch, "transformers": transformers, "tokenizers": tokenizers, "Dict": Dict,
+        "copy": copy, "torch": torch, "transformers": transformers, "tokenizers": tokenizers, "Dict": dict,
         "Sequence": Sequence, "DataArguments": object, "conversation_lib": conversation,
         "tokenizer_image_token": tokenizer_image_token,
         "IS_TOKENIZER_GREATER_THAN_0_14": version.parse(tokenizers.__version__) >= version.parse("0.14"),
         **{k: getattr(constants, k) for k in dir(constants) if k.isupper()},
     }
-    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102 (their code)
     return SimpleNamespace(**{name: namespace[name] for name in TRAIN_FUNCTIONS})
 
 

@@ -54,7 +54,7 @@ def test_pope_equals_eval_pope(predictions, tmp_path):
     with contextlib.redirect_stdout(out):
         eval_pope.eval_pope(answers, str(label_file))  # rewrites each answer's text to its parse; prints metrics
     assert [parse_yes_no(p) for p in predictions] == [a["text"] for a in answers]
-    printed = dict(re.findall(r"^(Accuracy|Precision|Recall|F1 score|Yes ratio): (\S+)$", out.getvalue(), re.M))
+    printed = dict(re.findall(r"^(Accuracy|Precision|Recall|F1 score|Yes ratio): (\S+)$", out.getvalue(), re.MULTILINE))
     ours = binary_metrics([parse_yes_no(p) == "yes" for p in predictions], [lab == "yes" for lab in labels])
     assert {k: float(v) for k, v in printed.items()} == {
         "Accuracy": ours["accuracy"], "Precision": ours["precision"], "Recall": ours["recall"],

@@ -17,10 +17,10 @@ from collections import Counter
 
 import pytest
 
+from lmm.data import reference as tf
 from lmm.data import templates
 from lmm.data.dataset import SampleProcessor
 from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID
-from tests import reference_tinyllava as tf
 from tests.conversations import captions, records
 
 L = pytest.importorskip("tests.reference_llava")
@@ -176,7 +176,7 @@ def test_turn_formats_equal_the_chat_template(family_tokenizer, template, family
         expected = tok.apply_chat_template(chat, chat_template=jinja, tokenize=False)
         if template == "gemma_turns":
             expected = expected[len(tok.bos_token):]  # lmm adds BOS as a token, not as text
-        text, spans, _ = render(proc, r)
+        text, _, _ = render(proc, r)
         counts["text_equal" if text == expected else "text_differ"] += 1
         ids, labels = encoded(proc, r)
         ref = tf.tokenizer_image_token(expected, tok)  # Gemma's tokenizer adds the BOS itself

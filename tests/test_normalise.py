@@ -4,13 +4,13 @@ import json
 
 import pytest
 
+from lmm.data import reference as tf
 from lmm.data import templates
 from lmm.data.dataset import SampleProcessor
 from lmm.data.formats import image_first, to_messages
 from lmm.data.lengths import measure
 from lmm.data.sources import JsonSource
 from lmm.data.tokenize import IGNORE_INDEX, SampleError, encode_text
-from tests import reference_tinyllava as tf
 
 L = pytest.importorskip("tests.reference_llava")
 

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lmm.data.formats import (IMAGE_PLACEHOLDER_MODES, LEADING_ASSISTANT_MODES, NOTES, check_mode, image_paths,
-                              to_messages)
+from lmm.data.formats import (
+    IMAGE_PLACEHOLDER_MODES,
+    LEADING_ASSISTANT_MODES,
+    NOTES,
+    check_mode,
+    image_paths,
+    to_messages,
+)
 from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID, SampleError, encode_segments
 
 OVER_LENGTH = ("drop", "truncate")

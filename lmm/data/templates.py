@@ -118,6 +118,17 @@ class PlainTemplate:
         return {"_target_": spec_target(self), **asdict(self)}
 
 
+PROMPTS = ("plain", "chat")  # a recipe stage's `prompt`
+
+
+def stage_template(prompt: str, chat_template):
+    """Pretrain uses LLaVA's plain format for every LLM (with a BOS where the LLM's chat template
+    has one); SFT uses the LLM's own chat template."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown stage prompt {prompt!r}; valid: {list(PROMPTS)}")
+    return PlainTemplate(bos=chat_template.bos != "none") if prompt == "plain" else chat_template
+
+
 # Named formats. Each is a factory so an LLM config can say `_target_: lmm.data.templates.vicuna`
 # and still override a field (e.g. `system: ""`).
 

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import LlavaDataModule
-from lmm.data.templates import PlainTemplate
+from lmm.data.templates import stage_template
 from lmm.model.checkpoint import load_weights
 from lmm.model.lmm import LMM
 from lmm.model.spec import build, to_plain
@@ -31,9 +31,6 @@ from lmm.train.module import LMMTrainModule
 from lmm.train.tuning import apply_tuning, has_lora, merge_lora
 
 log = logging.getLogger(__name__)
-PROMPTS = ("plain", "chat")
-
-
 def model_spec(cfg: DictConfig) -> dict:
     return {"vision": to_plain(cfg.vision), "connector": to_plain(cfg.connector), "llm": to_plain(cfg.llm)}
 
@@ -87,14 +84,6 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
-
-
-def stage_template(prompt: str, model):
-    """Pretrain uses LLaVA's plain format for every LLM (with a BOS where the LLM's template has
-    one); SFT uses the LLM's own chat template."""
-    if prompt not in PROMPTS:
-        raise ValueError(f"unknown stage prompt {prompt!r}; valid: {list(PROMPTS)}")
-    return PlainTemplate(bos=model.template.bos != "none") if prompt == "plain" else model.template
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -190,7 +179,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     if stage.get("micro_batch_size"):  # a stage may batch differently (short caption samples fit more)
         loader["micro_batch_size"] = stage.micro_batch_size
     datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed)  # data built once, in train()
-    datamodule.attach(module.model, stage_template(stage.prompt, module.model))
+    datamodule.attach(module.model, stage_template(stage.prompt, module.model.template))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     datamodule.setup("fit", rank=0, world=world_size)  # lengths and plan: the token modes size accumulation from it
     accumulate = stage_accumulation(stage.global_batch_size, datamodule, world_size)

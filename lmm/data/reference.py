@@ -1,4 +1,6 @@
-"""TinyLLaVA_Factory's text pipeline, written from its documented behaviour (it is not on PyPI).
+"""The reference text pipeline (TinyLLaVA_Factory's, which for the vicuna format is LLaVA-1.5's),
+written from its documented behaviour: `python -m lmm.fidelity` encodes records with it beside lmm's
+encoding, and the tests check it against LLaVA-1.5's own code (llava-torch).
 
 Read from `tinyllava/data/template/{base,phi,llama,gemma,qwen2_base,pretrain}_template.py` of the public
 TinyLLaVA/TinyLLaVA_Factory repository; this is our own code following those formats:
@@ -42,9 +44,11 @@ def qa_lists(turns: list[dict]) -> tuple[list[str], list[str]]:
 
 
 def prompt(turns: list[dict], eos: str, system: str = SYSTEM) -> str:
+    """An empty `system` is left out with its space (the references always have one; lmm's tiny
+    configs use none)."""
     msg = ""
     for i, (q, a) in enumerate(zip(*qa_lists(turns))):
-        if i == 0:
+        if i == 0 and system:
             msg += system + " "
         if IMAGE in q:
             q = ("<image>\n" + q.replace(IMAGE, "").strip()).strip()
@@ -56,7 +60,22 @@ def pretrain_prompt(turns: list[dict]) -> str:
     return "".join("<image>" + a + "\n" for a in qa_lists(turns)[1])
 
 
-def encode(turns: list[dict], tokenizer, family: str) -> dict:
+def family_of(template) -> str | None:
+    """The reference procedure for an lmm template: "pretrain" (plain), "phi" (vicuna style, no
+    BOS: phi, stablelm, qwen2_base) or "llama" (vicuna style with BOS: llama, gemma); None when
+    TinyLLaVA_Factory has no such format (llama2, ChatML, Gemma turns)."""
+    from lmm.data.templates import ChatTemplate, PlainTemplate
+
+    if isinstance(template, PlainTemplate):
+        return "pretrain"
+    if isinstance(template, ChatTemplate) and (template.user_format, template.answer_format, template.answer_end) == (
+            "USER: {content} ASSISTANT:", " {content}", "eos") and template.bos in ("once", "none") \
+            and template.first_user_format is None and template.system_format == "{system} ":
+        return "phi" if template.bos == "none" else "llama"
+    return None
+
+
+def encode(turns: list[dict], tokenizer, family: str, system: str = SYSTEM) -> dict:
     """input_ids, labels and `ok` (the mismatch check passed) for `family`: "phi" (no BOS: phi,
     stablelm, qwen2_base), "llama" or "gemma" (BOS, one token, discounted per round), "pretrain"."""
     if family == "pretrain":
@@ -65,7 +84,7 @@ def encode(turns: list[dict], tokenizer, family: str) -> dict:
         mask = len(tokenizer_image_token(IMAGE, tokenizer))
         return {"prompt": text, "input_ids": ids, "labels": [IGNORE] * mask + ids[mask:], "ok": True}
     eos = tokenizer.eos_token
-    text = prompt(turns, eos)
+    text = prompt(turns, eos, system)
     ids = tokenizer_image_token(text, tokenizer)
     labels = list(ids)
     total = sum(1 for t in ids if t != tokenizer.pad_token_id)
