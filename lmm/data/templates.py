@@ -121,12 +121,15 @@ class PlainTemplate:
 PROMPTS = ("plain", "chat")  # a recipe stage's `prompt`
 
 
-def stage_template(prompt: str, chat_template):
+def stage_template(prompt: str, chat_template, caption_eos: bool = False):
     """Pretrain uses LLaVA's plain format for every LLM (with a BOS where the LLM's chat template
-    has one); SFT uses the LLM's own chat template."""
+    has one; `caption_eos`: a trained EOS after each caption, which the references do not have);
+    SFT uses the LLM's own chat template."""
     if prompt not in PROMPTS:
         raise ValueError(f"unknown stage prompt {prompt!r}; valid: {list(PROMPTS)}")
-    return PlainTemplate(bos=chat_template.bos != "none") if prompt == "plain" else chat_template
+    if prompt == "plain":
+        return PlainTemplate(bos=chat_template.bos != "none", eos=caption_eos)
+    return chat_template
 
 
 # Named formats. Each is a factory so an LLM config can say `_target_: lmm.data.templates.vicuna`

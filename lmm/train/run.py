@@ -179,7 +179,8 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     if stage.get("micro_batch_size"):  # a stage may batch differently (short caption samples fit more)
         loader["micro_batch_size"] = stage.micro_batch_size
     datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed)  # data built once, in train()
-    datamodule.attach(module.model, stage_template(stage.prompt, module.model.template))
+    datamodule.attach(module.model, stage_template(stage.prompt, module.model.template,
+                                                   stage.get("caption_eos", False)))
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     datamodule.setup("fit", rank=0, world=world_size)  # lengths and plan: the token modes size accumulation from it
     accumulate = stage_accumulation(stage.global_batch_size, datamodule, world_size)
