@@ -62,6 +62,7 @@ def run_cli(tmp_path, tokenizer_dir, *overrides):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow  # three processes, each importing the stack (about 30 s on 2 cores)
 def test_the_command_reports_and_fails_on_differences(tmp_path, family_tokenizer):
     tok = family_tokenizer("llama")
     tok_dir = tmp_path / "tok"
