@@ -3,7 +3,7 @@ families' (tests/tokenizer_families.py) and 1,000 generated records per case (te
 
 - LLaVA-1.5 (llava-torch): `preprocess_multimodal` + `preprocess` (v1, plain, llama_2), imported
   from its files (tests/reference_llava.py).
-- TinyLLaVA_Factory: its templates' documented behaviour (tests/reference_tinyllava.py).
+- TinyLLaVA_Factory: its templates' documented behaviour (lmm/data/reference.py).
 - ChatML / Gemma-it: the models' chat-template format rendered by transformers' `apply_chat_template`.
 
 `input_ids` must equal the reference's on every record. Labels must equal the reference's wherever
