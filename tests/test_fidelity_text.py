@@ -37,11 +37,6 @@ def encoded(proc, record) -> tuple[list[int], list[int]]:
     return enc.input_ids.tolist(), enc.labels.tolist()
 
 
-def ambiguous(record, separator: str = tf.SEP) -> bool:
-    """The record's own text holds the separator the references split rounds at."""
-    return any(separator.strip() in t["value"] for t in record["conversations"])
-
-
 def compare(proc, recs, reference, separator: str | None = tf.SEP) -> Counter:
     """Counts of: ids_equal / ids_differ; labels_equal / labels_differ (reference check passed, text
     unambiguous); reference_mismatch (its check failed); ambiguous_equal / ambiguous_differ."""
@@ -53,7 +48,7 @@ def compare(proc, recs, reference, separator: str | None = tf.SEP) -> Counter:
         if not ref["ok"]:
             counts["reference_mismatch"] += 1
             continue
-        kind = "ambiguous" if separator and ambiguous(record, separator) else "labels"
+        kind = "ambiguous" if separator and tf.holds_separator(record["conversations"], separator) else "labels"
         counts[f"{kind}_{'equal' if labels == ref['labels'] else 'differ'}"] += 1
     return counts
 

@@ -106,7 +106,7 @@ def compare(records, tokenizer, template, which: str = "auto", max_examples: int
             counts["reference_check_failed"] += 1
         elif labels == ref["labels"]:
             counts["labels_equal"] += 1
-        elif any(reference.SEP.strip() in str(t.get("value")) for t in record["conversations"]):
+        elif reference.holds_separator(record["conversations"]):
             counts["labels_ambiguous"] += 1
         else:
             counts["labels_differ"] += 1

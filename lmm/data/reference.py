@@ -60,6 +60,12 @@ def pretrain_prompt(turns: list[dict]) -> str:
     return "".join("<image>" + a + "\n" for a in qa_lists(turns)[1])
 
 
+def holds_separator(turns: list[dict], separator: str = SEP) -> bool:
+    """A turn's own text holds the separator the reference splits rounds at: its label arithmetic
+    then splits inside that text (lmm's labels, from the template's spans, do not)."""
+    return any(separator.strip() in str(t.get("value")) for t in turns)
+
+
 def family_of(template) -> str | None:
     """The reference procedure for an lmm template: "pretrain" (plain), "phi" (vicuna style, no
     BOS: phi, stablelm, qwen2_base) or "llama" (vicuna style with BOS: llama, gemma); None when
