@@ -14,6 +14,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 
 LLAVA := llava-torch==1.2.2.post1 shortuuid==1.0.13   # shortuuid: imported by its eval scripts
+LMMS_EVAL := lmms-eval==0.7.3   # its task utilities: the lmms_eval scoring convention's reference
 
 .PHONY: setup demo test
 setup: $(BIN)/.installed
@@ -24,6 +25,8 @@ $(BIN)/.installed: setup.cfg Makefile
 	$(BIN)/pip install -q -e ".[test]"
 	# LLaVA-1.5's own code, which the reference tests import; it pins torch 2.1, hence --no-deps
 	$(BIN)/pip install -q --no-deps $(LLAVA)
+	# lmms-eval pins wandb, datasets and a model zoo; the task utilities the tests read need none of them
+	$(BIN)/pip install -q --no-deps $(LMMS_EVAL)
 	touch $@
 
 demo: setup

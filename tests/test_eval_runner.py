@@ -79,7 +79,7 @@ def test_limit_label_and_missing_files(tiny_lmm, images, tmp_path):
         evaluate_model(tiny_lmm, benches, tmp_path / "o1", {"progress": False})
     summary = evaluate_model(tiny_lmm, benches, tmp_path / "o2", {"progress": False, "on_missing": "skip"})
     assert "nope.json" in summary["skipped"]["a"] and summary["benchmarks"]["b"]["n"] == 7
-    assert "| a         | -        | skipped |   | a: missing" in summary["table"]
+    assert "| a         | -        | skipped |   |            | a: missing" in summary["table"]
     assert not (tmp_path / "o2/a_results.json").exists()
 
 

@@ -86,7 +86,8 @@ def test_wandb_gets_the_metrics_and_the_table(checkpoint, data_dir, tmp_path):
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/table_*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["benchmark", "column", "value", "n", "notes"]
+    assert table["columns"] == ["benchmark", "column", "value", "n", "convention", "notes"]
+    assert {row[4] for row in table["data"]} == {"llava"}
     assert {row[0] for row in table["data"]} == FORMS
 
 

@@ -24,6 +24,12 @@ from PIL import Image
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
 
+# How answers are read and scored. `llava`: LLaVA-1.5's evaluation scripts, which the TinyLLaVA paper's
+# numbers come from. `lmms_eval`: lmms-eval 0.7.3's task logic (its `process_results` and aggregations),
+# which its leaderboards report; the two differ in how they read an answer (POPE by exact "yes"/"no",
+# MME through its own parse, ScienceQA without "The answer is X", GQA ignoring punctuation).
+CONVENTIONS = ("llava", "lmms_eval")
+
 ImageRef = str | Path | bytes | Image.Image  # a file, encoded bytes (MMBench's base64 TSV) or a PIL image
 
 
@@ -61,11 +67,27 @@ class Request:
     images: list[ImageRef] = field(default_factory=list)
 
 
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"evaluation.convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    return convention
+
+
 class Benchmark(ABC):
-    """Subclasses set `name` (default; the config key overrides it) and `max_new_tokens`."""
+    """Subclasses set `name` (default; the config key overrides it) and `max_new_tokens`, and list in
+    `conventions` the scoring conventions their `score` implements (see CONVENTIONS)."""
 
     name: str = "benchmark"
     max_new_tokens: int = 16
+    conventions: tuple[str, ...] = ("llava",)
+    convention: str = "llava"
+
+    def use_convention(self, convention: str) -> str:
+        """Score by `convention` when this benchmark implements it, else by LLaVA-1.5's scripts (the
+        runner says so in the table's notes). Returns the convention `score` will use."""
+        check_convention(convention)
+        self.convention = convention if convention in self.conventions else "llava"
+        return self.convention
 
     def check(self) -> None:
         """Raise FileNotFoundError (via `require_files`) when the benchmark's files are missing."""

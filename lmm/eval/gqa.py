@@ -5,10 +5,15 @@ scored as the official GQA eval.py scores them: exact string match with the gold
 the balanced questions; "open" questions are those of structural type "query", the others "binary".
 Questions come from the official `testdev_balanced_questions.json` or from LLaVA's
 `llava_gqa_testdev_balanced.jsonl` (then the answers come from the official file, `annotations`).
+
+Convention `lmms_eval` (lmms-eval 0.7.3's gqa task, its `exact_match` with ignore_case and
+ignore_punctuation): prediction and gold are lower-cased and stripped of ASCII punctuation, then compared
+exactly (whitespace is kept: " yes" is wrong).
 """
 from __future__ import annotations
 
 import json
+import string
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,12 +37,21 @@ def gqa_prediction(answer: str) -> str:
     return answer.rstrip(".").lower()
 
 
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def lmms_eval_match(prediction: str, gold: str) -> bool:
+    """lmms-eval 0.7.3's GQA exact match: both lower-cased, ASCII punctuation deleted, then equal."""
+    return prediction.lower().translate(_NO_PUNCTUATION) == gold.lower().translate(_NO_PUNCTUATION)
+
+
 def _rate(values: list[float]) -> dict[str, Any]:
     return {"accuracy": sum(values) / len(values), "n": len(values)}
 
 
 class GQA(Benchmark):
     name = "gqa"
+    conventions = ("llava", "lmms_eval")
     max_new_tokens = 16  # LLaVA's scripts allow 128; single-word answers never need it (see VQAv2)
 
     def __init__(self, questions: str, image_root: str, annotations: str | None = None,
@@ -147,7 +161,8 @@ class GQA(Benchmark):
             if g is not None:
                 record["gold"] = g["answer"]
                 if g["balanced"]:
-                    score = float(prediction == g["answer"])
+                    score = float(lmms_eval_match(raw, g["answer"]) if self.convention == "lmms_eval"
+                                  else prediction == g["answer"])
                     record["score"] = score
                     scores.append(score)
                     by_kind["open" if g["structural"] == "query" else "binary"].append(score)

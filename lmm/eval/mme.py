@@ -11,6 +11,9 @@ Scoring, as the official tool: the answer is lower-cased; "yes"/"no" exactly, el
 4 characters, else "no" within them, else "other" (always wrong). Per subtask, acc = questions right,
 acc+ = images with both questions right, score = 100 * (acc + acc+) (out of 200). Perception is the sum
 of the 10 perception scores (out of 2000), cognition of the 4 cognition scores (out of 800).
+
+Convention `lmms_eval` (lmms-eval 0.7.3's mme task) reads answers its own way (`parse_yes_no_lmms_eval`:
+stripped and without periods, "y"/"n" alone count) and scores them by the same formula.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation
 TASKS = PERCEPTION + COGNITION
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 YES_NO_PROMPT = "Please answer yes or no."
-_SUMMARY_KEYS = {"perception", "cognition", "total", "n"}
+_SUMMARY_KEYS = {"perception", "cognition", "total", "n", "convention"}
 
 
 def parse_yes_no(text: str) -> str:
@@ -39,9 +42,22 @@ def parse_yes_no(text: str) -> str:
     return "yes" if "yes" in head else "no" if "no" in head else "other"
 
 
+def parse_yes_no_lmms_eval(text: str) -> str:
+    """'yes', 'no' or 'other', as lmms-eval 0.7.3 reads an MME answer: lower-cased, stripped, periods
+    deleted; "yes"/"no" exactly, a lone "y"/"n", else "yes" then "no" within the first 4 characters."""
+    text = text.lower().strip().replace(".", "")
+    if text in ("yes", "no"):
+        return text
+    if len(text) == 1:
+        return {"y": "yes", "n": "no"}.get(text, "other")
+    head = text[:4]
+    return "yes" if "yes" in head else "no" if "no" in head else "other"
+
+
 class MME(Benchmark):
     name = "mme"
     max_new_tokens = 16
+    conventions = ("llava", "lmms_eval")
 
     def __init__(self, root: str, tasks: Sequence[str] = TASKS, suffix: str | None = SHORT_ANSWER,
                  limit: int | None = None, name: str = "mme", max_new_tokens: int | None = None):
@@ -107,9 +123,10 @@ class MME(Benchmark):
 
     def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
         records = []
+        parse = parse_yes_no_lmms_eval if self.convention == "lmms_eval" else parse_yes_no
         for q in self._load():
             text = answers.get(q["key"], "")
-            parsed = parse_yes_no(text)
+            parsed = parse(text)
             records.append({"key": q["key"], "task": q["task"], "image": q["image"], "question": q["question"],
                             "gold": q["gold"], "prediction": text, "parsed": parsed,
                             "correct": parsed == q["gold"].lower()})

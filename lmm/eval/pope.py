@@ -14,6 +14,12 @@ or unrelated answer counts as yes). "yes" is the positive class.
 Zero divisions, which LLaVA's script does not guard: precision is 0 when nothing is predicted yes,
 recall is 0 when no label is yes, F1 is 0 when precision + recall is 0 (sklearn's and torchmetrics'
 convention).
+
+Convention `lmms_eval` (lmms-eval 0.7.3's pope task): the answer, lower-cased and stripped, must be exactly
+"yes" or "no". Accuracy counts exact matches; precision's false positives are "yes" on a "no" label and
+recall's false negatives are exactly "no" on a "yes" label, so an answer that is neither only costs
+accuracy; its `yes_ratio` is the share of "yes" *labels*. lmms-eval's `pope` task pools the three
+splits, so the summary F1 and accuracy are over all questions there (LLaVA averages the splits' F1).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from lmm.eval.files import iter_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 # Top-level metric names that a split's name must not shadow.
-_SUMMARY_KEYS = {"f1", "accuracy", "n"}
+_SUMMARY_KEYS = {"f1", "accuracy", "n", "n_other", "convention"}
 
 
 def parse_yes_no(text: str) -> str:
@@ -50,9 +56,26 @@ def binary_metrics(predictions: Sequence[bool], labels: Sequence[bool]) -> dict[
             "yes_ratio": (tp + fp) / n if n else 0.0, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n}
 
 
+def lmms_eval_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """lmms-eval 0.7.3's POPE metrics of raw answers against "yes"/"no" labels (zero divisions give 0)."""
+    preds = [a.lower().strip() for a in answers]
+    pairs = list(zip(preds, labels))
+    tp = sum(p == "yes" and t == "yes" for p, t in pairs)
+    fp = sum(p == "yes" and t == "no" for p, t in pairs)
+    fn = sum(p == "no" and t == "yes" for p, t in pairs)
+    n, n_yes = len(pairs), sum(t == "yes" for t in labels)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": sum(p == t for p, t in pairs) / n if n else 0.0, "precision": precision, "recall": recall,
+            "f1": f1, "yes_ratio": n_yes / n if n else 0.0, "tp": tp, "fp": fp, "fn": fn,
+            "n_other": sum(p not in ("yes", "no") for p in preds), "n": n}
+
+
 class POPE(Benchmark):
     name = "pope"
     max_new_tokens = 16
+    conventions = ("llava", "lmms_eval")
 
     def __init__(self, annotation_pattern: str, image_root: str, splits: Sequence[str] = SPLITS,
                  suffix: str | None = SHORT_ANSWER, limit: int | None = None, name: str = "pope",
@@ -110,21 +133,34 @@ class POPE(Benchmark):
 
     def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
         records = []
+        lmms = self.convention == "lmms_eval"
         for q in self._load():
             text = answers.get(q["key"], "")
-            parsed = parse_yes_no(text)
+            parsed = text.lower().strip() if lmms else parse_yes_no(text)
             records.append({"key": q["key"], "split": q["split"], "question_id": q["question_id"],
                             "image": q["image"], "question": q["text"], "label": q["label"], "prediction": text,
                             "parsed": parsed, "correct": parsed == q["label"]})
         metrics: dict[str, Any] = {}
         for split in self.splits:
             rows = [r for r in records if r["split"] == split]
-            metrics[split] = binary_metrics([r["parsed"] == "yes" for r in rows], [r["label"] == "yes" for r in rows])
-        metrics["f1"] = sum(metrics[s]["f1"] for s in self.splits) / len(self.splits)
-        metrics["accuracy"] = sum(metrics[s]["accuracy"] for s in self.splits) / len(self.splits)
+            if lmms:
+                metrics[split] = lmms_eval_metrics([r["prediction"] for r in rows], [r["label"] for r in rows])
+            else:
+                metrics[split] = binary_metrics([r["parsed"] == "yes" for r in rows],
+                                                [r["label"] == "yes" for r in rows])
+        if lmms:   # the pooled `pope` task
+            pooled = lmms_eval_metrics([r["prediction"] for r in records], [r["label"] for r in records])
+            metrics.update(f1=pooled["f1"], accuracy=pooled["accuracy"], n_other=pooled["n_other"])
+        else:
+            metrics["f1"] = sum(metrics[s]["f1"] for s in self.splits) / len(self.splits)
+            metrics["accuracy"] = sum(metrics[s]["accuracy"] for s in self.splits) / len(self.splits)
         metrics["n"] = len(records)
         return metrics, records
 
     def columns(self, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """LLaVA-1.5's POPE column is the F1 averaged over the splits."""
+        """LLaVA-1.5's POPE column is the F1 averaged over the splits (lmms-eval's: pooled over them)."""
         return {"POPE": 100 * metrics["f1"]} if "f1" in metrics else {}
+
+    def notes(self, metrics: Mapping[str, Any]) -> str:
+        other = metrics.get("n_other")
+        return f"{other} of {metrics['n']} answers neither yes nor no (wrong)" if other else ""

@@ -14,6 +14,7 @@ def log_results(logger, summary: dict) -> None:
     if scalars:
         logger.log_metrics(scalars)
     if hasattr(logger, "log_table"):  # W&B: the printed table, one row per benchmark column
-        rows = table_rows(summary["benchmarks"], summary["columns"], summary.get("notes"))
+        rows = table_rows(summary["benchmarks"], summary["columns"], summary.get("notes"),
+                          summary.get("conventions"))
         logger.log_table("eval/table", columns=list(TABLE_HEADER), data=[list(r) for r in rows])
     logger.save()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lmm.eval.benchmark import Benchmark, Request
+from lmm.eval.benchmark import Benchmark, Request, check_convention
 from lmm.eval.generate import generate_answers
 from lmm.model.spec import build, to_plain
 
@@ -42,6 +42,7 @@ class Settings:
     progress: bool = True
     dtype: str | None = "auto"         # auto | fp32 | bf16 | fp16 (see resolve_dtype)
     generate: dict = field(default_factory=dict)  # extra keyword arguments of LMM.generate
+    convention: str = "llava"          # llava (LLaVA-1.5's scripts, the paper's) | lmms_eval (lmms-eval 0.7.3)
 
 
 def settings_from(cfg: Mapping | None) -> Settings:
@@ -51,6 +52,7 @@ def settings_from(cfg: Mapping | None) -> Settings:
         raise ValueError(f"unknown evaluation settings {sorted(unknown)}; valid: {sorted(Settings.__dataclass_fields__)}")
     if cfg.get("on_missing", "error") not in ("error", "skip"):
         raise ValueError(f"evaluation.on_missing must be 'error' or 'skip', got {cfg['on_missing']!r}")
+    check_convention(cfg.get("convention", "llava"))
     return Settings(**cfg)
 
 
@@ -161,20 +163,22 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-TABLE_HEADER = ("benchmark", "column", "value", "n", "notes")
+TABLE_HEADER = ("benchmark", "column", "value", "n", "convention", "notes")
 
 
-def table_rows(results: Mapping[str, dict], columns: Mapping[str, dict],
-               notes: Mapping[str, str] | None = None) -> list[tuple[str, str, str, str, str]]:
-    rows, notes = [], notes or {}
+def table_rows(results: Mapping[str, dict], columns: Mapping[str, dict], notes: Mapping[str, str] | None = None,
+               conventions: Mapping[str, str] | None = None) -> list[tuple[str, ...]]:
+    """One row per paper-table column; `conventions`: name -> the scoring convention each was scored by."""
+    rows, notes, conventions = [], notes or {}, conventions or {}
     for name, metrics in results.items():
         if "skipped" in metrics:
-            rows.append((name, "-", "skipped", "", metrics["skipped"]))
+            rows.append((name, "-", "skipped", "", "", metrics["skipped"]))
             continue
         n = metrics.get("n", "")
         cells = columns.get(name) or {"": None}
         for label, value in cells.items():
-            rows.append((name, label, "-" if value is None else f"{value:.2f}", str(n), notes.get(name, "")))
+            rows.append((name, label, "-" if value is None else f"{value:.2f}", str(n),
+                         conventions.get(name, metrics.get("convention", "llava")), notes.get(name, "")))
     return rows
 
 
@@ -200,7 +204,9 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
     if rank == 0:  # results.json is written even when every benchmark is skipped
         out_dir.mkdir(parents=True, exist_ok=True)
     built = build_benchmarks(benchmarks, settings.limit)
-    results, columns, notes, skipped = {}, {}, {}, {}
+    results, columns, notes, skipped, conventions = {}, {}, {}, {}, {}
+    for name, (bench, _) in built.items():
+        conventions[name] = bench.use_convention(settings.convention)
     for name, (bench, options) in built.items():
         try:
             bench.check()
@@ -225,17 +231,25 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
                 cells = ({options["label"]: next(iter(cells.values()))} if len(cells) == 1
                          else {f"{options['label']} {k}": v for k, v in cells.items()})
             columns[name] = cells
-            notes[name] = bench.notes(metrics)
+            notes[name] = "; ".join(filter(None, [_fallback_note(bench, settings.convention), bench.notes(metrics)]))
+            metrics["convention"] = conventions[name]
             (out_dir / f"{name}_results.json").write_text(
                 json.dumps({"benchmark": name, "checkpoint": checkpoint, **metrics}, indent=2))
     model.train(was_training)
     if rank != 0:
         return None
-    summary = {"checkpoint": checkpoint, "benchmarks": results, "columns": columns, "notes": notes,
-               "skipped": skipped}
+    summary = {"checkpoint": checkpoint, "convention": settings.convention, "conventions": conventions,
+               "benchmarks": results, "columns": columns, "notes": notes, "skipped": skipped}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["table"] = format_table(table_rows(results, columns, notes))
+    summary["table"] = format_table(table_rows(results, columns, notes, conventions))
     return summary
+
+
+def _fallback_note(bench: Benchmark, asked: str) -> str:
+    """Said in the table when a benchmark cannot score by the asked convention."""
+    if bench.convention == asked:
+        return ""
+    return f"scored as {bench.convention}: {type(bench).__name__} has no {asked} scorer"
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype | None:

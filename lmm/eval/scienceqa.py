@@ -13,6 +13,10 @@ Parsing follows LLaVA-1.5's `eval_science_qa.py`: the answer is exactly one of A
 beyond the question's choices, is a failed parse and counts as wrong (LLaVA-1.5 returns -1 there; the
 older random-guess fallback is unreachable in its code).
 
+Convention `lmms_eval` (lmms-eval 0.7.3's scienceqa_img task, `parse_choice_lmms_eval`): the stripped
+answer is one letter of the question's choices in either case, or starts with an upper-case letter and a
+period; "The answer is X" is not read.
+
 The paper's SQA-IMG is the accuracy over the image questions. Every question is generated on its own,
 so asking only those (`image_only: true`, the default) gives the same number as LLaVA's run over the
 whole test split for half the generations; `image_only: false` also reports the all-question accuracy.
@@ -51,6 +55,17 @@ def parse_choice(text: str, n_choices: int) -> int | None:
     return index if 0 <= index < min(n_choices, len(PARSE_LETTERS)) else None
 
 
+def parse_choice_lmms_eval(text: str, n_choices: int) -> int | None:
+    """The chosen choice's index as lmms-eval 0.7.3 reads a ScienceQA answer, or None (scored wrong)."""
+    text = text.strip()
+    letters = LETTERS[: min(n_choices, len(PARSE_LETTERS))]
+    if text.upper() in letters and len(text) == 1:
+        return letters.index(text.upper())
+    if len(text) >= 2 and text[1] == "." and text[0] in letters:
+        return letters.index(text[0])
+    return None
+
+
 def build_prompt(problem: Mapping[str, Any], suffix: str | None) -> str:
     hint = problem.get("hint") or ""
     context = f"Context: {hint}\n" if hint.strip() else ""
@@ -59,6 +74,7 @@ def build_prompt(problem: Mapping[str, Any], suffix: str | None) -> str:
 
 class ScienceQA(Benchmark):
     name = "sqa_img"
+    conventions = ("llava", "lmms_eval")
     max_new_tokens = 16
 
     def __init__(self, problems: str, pid_splits: str, image_root: str, split: str = "test",
@@ -116,9 +132,10 @@ class ScienceQA(Benchmark):
 
     def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
         records = []
+        parse = parse_choice_lmms_eval if self.convention == "lmms_eval" else parse_choice
         for q in self._load():
             problem, text = q["problem"], answers.get(q["pid"], "")
-            parsed = parse_choice(text, len(problem["choices"]))
+            parsed = parse(text, len(problem["choices"]))
             records.append({"pid": q["pid"], "question": problem["question"], "choices": problem["choices"],
                             "has_image": q["image_path"] is not None, "gold": LETTERS[problem["answer"]],
                             "prediction": text, "parsed": None if parsed is None else LETTERS[parsed],

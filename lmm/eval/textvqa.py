@@ -6,6 +6,10 @@ Prompt (LLaVA-1.5's `llava_textvqa_val_v051_ocr.jsonl`): the question with its f
 a line "Reference OCR token: " followed by the image's OCR tokens joined by ", " (the line is kept, empty,
 when the image has no token), then the short-answer suffix. With `ocr: false` the OCR line is left out.
 
+Convention `lmms_eval`: lmms-eval 0.7.3's textvqa tasks score exactly as LLaVA's scorer does (the same
+processor on both sides, the same leave-one-out accuracy), so both conventions give the same number;
+its default prompt has no OCR line (`textvqa_no_ocr` asks that prompt).
+
 Deliberate difference: LLaVA's eval_textvqa.py looks answers up by (image id, lower-cased question), so two
 identical questions on one image both get the answers of the last; here each question keeps its own.
 """
@@ -48,6 +52,7 @@ def textvqa_prompt(question: str, ocr_tokens: Sequence[str] | None, suffix: str 
 
 class TextVQA(Benchmark):
     name = "textvqa"
+    conventions = ("llava", "lmms_eval")   # one scorer: lmms-eval's gives LLaVA's numbers
     max_new_tokens = 16  # LLaVA's scripts allow 128; short answers never need it (see VQAv2)
 
     def __init__(self, questions: str, image_root: str, ocr: bool = True, ocr_tokens: str | None = None,

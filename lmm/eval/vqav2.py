@@ -6,6 +6,11 @@ Questions come from the official `v2_OpenEnded_mscoco_<subtype>_questions.json` 
 test2015 question that was not asked filled with ""). With the official annotations (val2014) the
 benchmark scores itself exactly as the official scorer would score that submission: overall and per
 answer type.
+
+Convention `lmms_eval` (lmms-eval 0.7.3's vqav2 tasks): the prediction gets the official scorer's
+processing only (`normalize_answer`, not the EvalAI tokenising step), every human answer gets the same
+processing whether or not they agree, then the same leave-one-out soft accuracy. The submission file is
+LLaVA's either way (the server scores it).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Any
 
 from lmm.eval.benchmark import SHORT_ANSWER, Benchmark, Request, require_files, with_suffix
 from lmm.eval.files import check_images, field, read_json, read_jsonl, read_question_jsonl, unique_key
-from lmm.eval.metrics import evalai_answer, vqa_accuracy
+from lmm.eval.metrics import evalai_answer, leave_one_out, normalize_answer, vqa_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,11 @@ def _question_ids(path: str, benchmark: str) -> list:
     data = read_json(path, benchmark)
     questions = field(data, "questions", f"{benchmark}: {path}")
     return [field(q, "question_id", f"{benchmark}: {path} question #{i}") for i, q in enumerate(questions)]
+
+
+def lmms_eval_vqa_accuracy(prediction: str, human_answers: list[str]) -> float:
+    """lmms-eval 0.7.3's VQAv2 accuracy of a raw prediction."""
+    return leave_one_out(normalize_answer(prediction), [normalize_answer(a) for a in human_answers])
 
 
 class VQAv2(Benchmark):
@@ -148,7 +158,8 @@ class VQAv2(Benchmark):
                       "image": str(q.image), "answer": raw, "processed": processed}
             if gold is not None:
                 g = gold[q.key]
-                score = vqa_accuracy(processed, g["answers"])
+                score = (lmms_eval_vqa_accuracy(raw, g["answers"]) if self.convention == "lmms_eval"
+                         else vqa_accuracy(processed, g["answers"]))
                 scores.append(score)
                 by_type[g["answer_type"]].append(score)
                 record.update(gold=g["answers"], answer_type=g["answer_type"], score=score)
