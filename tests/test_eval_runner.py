@@ -137,3 +137,33 @@ def test_with_suffix_is_not_doubled():
     assert with_suffix("Is it red?", "Answer briefly.") == "Is it red?\nAnswer briefly."
     assert with_suffix("Is it red?\nAnswer briefly.", "Answer briefly.") == "Is it red?\nAnswer briefly."
     assert with_suffix("Is it red? ", None) == "Is it red?"
+
+
+class Lenient(Counting):
+    """Counting that also implements an lmms_eval scorer: every answer is right under it."""
+
+    conventions = ("llava", "lmms_eval")
+
+    def score(self, answers):
+        if self.convention == "lmms_eval":
+            return {"accuracy": 1.0, "n": len(answers)}, []
+        return super().score(answers)
+
+
+def test_the_convention_scores_and_is_recorded(tiny_lmm, images, tmp_path):
+    benches = {"strict": Counting(images), "lenient": Lenient(images)}
+    summary = evaluate_model(tiny_lmm, benches, tmp_path, {"progress": False, "convention": "lmms_eval"})
+    assert summary["benchmarks"]["lenient"]["accuracy"] == 1.0
+    assert summary["conventions"] == {"strict": "llava", "lenient": "lmms_eval"}
+    assert summary["notes"]["strict"] == "scored as llava: Counting has no lmms_eval scorer"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["convention"] == "lmms_eval" and saved["conventions"] == summary["conventions"]
+    assert json.loads((tmp_path / "lenient_results.json").read_text())["convention"] == "lmms_eval"
+    assert "| lenient   | Counting | 100.00 | 5 | lmms_eval  |" in summary["table"]
+    default = evaluate_model(tiny_lmm, {"lenient": Lenient(images)}, tmp_path / "d", {"progress": False})
+    assert default["convention"] == "llava" and default["benchmarks"]["lenient"]["accuracy"] == 0.0
+
+
+def test_an_unknown_convention_is_named():
+    with pytest.raises(ValueError, match="must be one of llava, lmms_eval, got 'lmms'"):
+        settings_from({"convention": "lmms"})
