@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 FAMILIES = ("gpt2", "qwen2", "llama", "llama_metaspace", "gemma")
 
-WORDS = ("what is the color of shape image picture there a an in on red blue green circle square triangle rectangle "
+WORDS = ("what is the color of shape image picture there a an in on red blue green circle square triangle rectangle "  # noqa: SIM905 (a word list is easier to edit as one string)
          "describe detail left right top bottom many how does do yes no answer question with single word phrase "
          "photo person man woman dog cat car street table chair people standing sitting holding number two three "
          "A chat between curious user and artificial intelligence assistant gives helpful detailed polite answers "

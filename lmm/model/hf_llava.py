@@ -43,7 +43,7 @@ def from_hf_llava(model_or_path, tokenizer: str | None = None, template=None):
         raise ValueError("from_hf_llava needs `tokenizer` (a folder) when given a model object")
     cfg = hf.config
     if not isinstance(cfg.vision_feature_layer, int):
-        raise ValueError(f"only a single vision_feature_layer is supported, got {cfg.vision_feature_layer!r}")
+        raise ValueError(f"only a single vision_feature_layer is supported, got {cfg.vision_feature_layer!r}")  # noqa: TRY004 (a list is a valid value lmm does not support)
     has_cls = hasattr(hf.model.vision_tower.embeddings, "class_embedding")
     if cfg.vision_feature_select_strategy == "default" and not has_cls:
         raise ValueError("this LLaVA config drops the first visual token ('default' strategy) but its tower has no "
