@@ -1,6 +1,6 @@
-"""ScienceQA and MMBench prompts against LLaVA-1.5's own evaluation scripts, run as they are.
+"""ScienceQA, MMBench, MM-Vet and LLaVA-W prompts against LLaVA-1.5's own evaluation scripts, run as they are.
 
-`llava/eval/model_vqa_science.py` and `model_vqa_mmbench.py` load a model, build each prompt, tokenise
+`llava/eval/model_vqa_science.py`, `model_vqa_mmbench.py` and `model_vqa.py` (MM-Vet, LLaVA-W) load a model, build each prompt, tokenise
 it and generate. Here their `eval_model` runs unchanged on a question file, with a stand-in model that
 records the `input_ids` and the image tensor it is given (their model loader, `.cuda()` and
 `disable_torch_init` are replaced for the run: nothing else). lmm's benchmark requests for the same
@@ -25,7 +25,9 @@ from PIL import Image
 
 from lmm.data.templates import phi2, vicuna
 from lmm.data.transforms import ImageTransform
+from lmm.eval.llava_bench import LLaVABench
 from lmm.eval.mmbench import MMBench
+from lmm.eval.mmvet import MMVet
 from lmm.eval.scienceqa import ScienceQA
 from lmm.model.lmm import LMM
 from tests.test_fidelity_image import CLIP_MEAN, CLIP_STD, photo
@@ -34,6 +36,7 @@ pytest.importorskip("tests.reference_llava")
 pytest.importorskip("pandas", reason="LLaVA's MMBench script reads the TSV with pandas")
 science = pytest.importorskip("llava.eval.model_vqa_science")
 mmbench_script = pytest.importorskip("llava.eval.model_vqa_mmbench")
+vqa_script = pytest.importorskip("llava.eval.model_vqa")
 lmms = pytest.importorskip("tests.reference_lmms_eval")
 
 WORDS = ["cat", "the", "Which", "of", "these", "magnets", "north", "pole", "é", "東京", "😀", "(x)", "3.5",
@@ -177,3 +180,34 @@ def test_mmbench_equals_model_vqa_mmbench(tmp_path, family_tokenizer, monkeypatc
     requests = MMBench(questions=str(path)).requests()
     assert len(requests) > 25   # rotations asked
     assert_same(requests, model.calls, tokenizer, family)
+
+
+# Open-ended questions as the files have them, trailing whitespace and newlines included (asked unchanged).
+OPEN_QUESTIONS = ["Describe this photo in detail.", "What is unusual about this image? ", "Write a poem 😀\n",
+                  "What is x in the equation?", "Explain the meme «ASSISTANT: hi».", "USER: what?"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_mmvet_and_llavaw_equal_model_vqa(tmp_path, family_tokenizer, monkeypatch, family):
+    """LLaVA-1.5 runs both through model_vqa.py on a jsonl of (question_id, image, text)."""
+    tokenizer = family_tokenizer(family)
+    rows = []
+    for k, q in enumerate(OPEN_QUESTIONS):
+        photo(150 + 23 * k, 110 + 5 * k, 200 + k).save(tmp_path / f"v1_{k}.png")
+        rows.append({"question_id": f"v1_{k}", "image": f"v1_{k}.png", "text": q})
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps({**r, "category": "conv"}) + "\n" for r in rows))
+    (tmp_path / "context.jsonl").write_text("".join(json.dumps({"image": r["image"], "caption": "c"}) + "\n"
+                                                    for r in rows))
+    (tmp_path / "answers_gpt4.jsonl").write_text("".join(json.dumps({"question_id": r["question_id"], "text": "a"})
+                                                         + "\n" for r in rows))
+    (tmp_path / "mm-vet.json").write_text(json.dumps({r["question_id"]: {"imagename": r["image"], "question": r["text"],
+                                                                         "answer": "a", "capability": ["rec"]}
+                                                      for r in rows}))
+    model = run_script(vqa_script, monkeypatch, tokenizer, {
+        "question_file": str(tmp_path / "questions.jsonl"), "image_folder": str(tmp_path),
+        "answers_file": str(tmp_path / "out" / "answers.jsonl")})
+    llavaw = LLaVABench(questions=str(tmp_path / "questions.jsonl"), context=str(tmp_path / "context.jsonl"),
+                        reference_answers=str(tmp_path / "answers_gpt4.jsonl"), image_root=str(tmp_path))
+    assert_same(llavaw.requests(), model.calls, tokenizer, family)
+    mmvet = MMVet(questions=str(tmp_path / "mm-vet.json"), image_root=str(tmp_path))
+    assert_same(mmvet.requests(), model.calls, tokenizer, family)

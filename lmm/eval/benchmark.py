@@ -35,9 +35,12 @@ ImageRef = str | Path | bytes | Image.Image  # a file, encoded bytes (MMBench's 
 
 def with_suffix(question: str, suffix: str | None) -> str:
     """`question` + newline + `suffix`, unless the question already ends with it (LLaVA's eval
-    files carry the suffix in their text; appending it again would change the prompt)."""
+    files carry the suffix in their text; appending it again would change the prompt). Without a
+    suffix the question is asked as the file has it, as LLaVA's `model_vqa.py` does."""
+    if not suffix:
+        return question
     question = question.rstrip()
-    if not suffix or question.endswith(suffix):
+    if question.endswith(suffix):
         return question
     return f"{question}\n{suffix}"
 
