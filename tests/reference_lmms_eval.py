@@ -45,6 +45,8 @@ mme = importlib.import_module("lmms_eval.tasks.mme.utils")
 sqa = importlib.import_module("lmms_eval.tasks.scienceqa.utils")
 textvqa = importlib.import_module("lmms_eval.tasks.textvqa.utils")
 vqav2 = importlib.import_module("lmms_eval.tasks.vqav2.utils")
+mmbench = importlib.import_module("lmms_eval.tasks.mmbench.en_utils")   # needs pandas
+mcq = importlib.import_module("lmms_eval.tasks._task_utils.mcq_extract")
 
 
 def _function(relative: str, name: str):

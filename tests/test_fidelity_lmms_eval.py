@@ -235,3 +235,106 @@ def test_textvqa_and_scienceqa_prompts_equal_lmms_eval():
     for hint in ("", "The magnets attract."):
         doc = {"hint": hint, "question": "Which is a mammal?", "choices": ["cat", "trout", "frog 😀"]}
         assert build_prompt(doc, re.sub(r"^\n", "", kwargs["post_prompt"])) == lmms.sqa.sqa_doc_to_text(doc, kwargs)
+
+
+# ---- MMBench (the judge-free mmbench_en_dev_static task) ----------------------------------------------
+
+OPTION_TEXTS = ["a cat", "a dog", "red", "blue", "Paris", "the left one", "2", "A", "none of these", "東京"]
+
+
+def mmbench_questions(rng: random.Random, n_questions: int) -> list[dict]:
+    out = []
+    for k in range(n_questions):
+        n = rng.randint(2, 4)
+        out.append({"index": k, "question": f"Which one {k}?", "hint": rng.choice([None, "Look closely."]),
+                    "options": rng.sample(OPTION_TEXTS, n), "gold": rng.randrange(n)})
+    return out
+
+
+def write_tsv(path, questions) -> None:
+    from tests.test_fidelity_eval_scripts import photo
+
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    photo(32, 24, 0).save(buf, format="PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    lines = ["index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\tl2-category\tsplit\timage"]
+    for q in questions:
+        options = q["options"] + [""] * (4 - len(q["options"]))
+        lines.append("\t".join([str(q["index"]), q["question"], q["hint"] or "", *options, "ABCD"[q["gold"]], "cat",
+                                "l2", "dev", image]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def lmms_doc(q: dict, shift: int) -> dict:
+    """The lmms-lab MMBench row of one rotation (index + shift * 1e6, options rotated, answer relabelled)."""
+    n = len(q["options"])
+    shown = q["options"][shift:] + q["options"][:shift]
+    doc = {"index": q["index"] + shift * 1_000_000, "question": q["question"],
+           "hint": q["hint"] if q["hint"] is not None else float("nan"), "answer": "ABCD"[(q["gold"] - shift) % n],
+           "category": "cat", "L2-category": "l2", "source": "s", "split": "dev"}
+    doc.update({c: (shown[i] if i < n else float("nan")) for i, c in enumerate("ABCD")})
+    return doc
+
+
+def test_mmbench_prompt_equals_lmms_eval(tmp_path):
+    from lmm.eval.mmbench import MMBench
+
+    questions = mmbench_questions(random.Random(38), 40)
+    write_tsv(tmp_path / "mmbench.tsv", questions)
+    bench = MMBench(questions=str(tmp_path / "mmbench.tsv"))
+    bench.use_convention("lmms_eval")
+    kwargs = kwargs_of("mmbench", "_default_template_mmbench_en_yaml")
+    reference = [lmms.mmbench.mmbench_doc_to_text(lmms_doc(q, r), kwargs)
+                 for q in questions for r in range(len(q["options"]))]
+    assert [r.prompt for r in bench.requests()] == reference
+    bench.use_convention("llava")
+    assert bench.requests()[0].prompt != reference[0]
+
+
+def test_mmbench_reading_equals_lmms_eval(predictions):
+    from lmm.eval import mmbench_lmms_eval as ours
+
+    rng = random.Random(39)
+    evaluator = lmms.mmbench.mmbench_evaluator
+    for p in predictions + [f"{rng.choice(OPTION_TEXTS)} {rng.choice(['', 'A', '(B)', 'C.'])}" for _ in range(2000)]:
+        options = rng.sample(OPTION_TEXTS, rng.randint(2, 4))
+        choices = dict(zip("ABCD", options))
+        assert ours.infer(p, options) == (evaluator.can_infer(p, dict(choices)) or None), (p, options)
+        letters = sorted(choices)
+        assert ours.extract_letter(p, letters) == (lmms.mcq.extract_mcq_answer(p, choices=letters) or None), p
+
+
+def test_mmbench_equals_lmms_eval_static(predictions, tmp_path):
+    """Circular accuracy over ~10,000 answers (every rotation of ~3,300 questions) equals
+    `MMBench_Evaluator.eval_result(..., "static")`."""
+    import contextlib
+    import io
+
+    from lmm.eval.mmbench import MMBench
+
+    rng = random.Random(40)
+    questions = mmbench_questions(rng, 3300)
+    write_tsv(tmp_path / "mmbench.tsv", questions)
+    bench = MMBench(questions=str(tmp_path / "mmbench.tsv"))
+    bench.use_convention("lmms_eval")
+    pool = iter(predictions)
+    answers, rows = {}, []
+    for q in questions:
+        for r in range(len(q["options"])):
+            shown = q["options"][r:] + q["options"][:r]
+            gold = "ABCD"[(q["gold"] - r) % len(shown)]
+            # half the answers say the right letter or text (most questions would be wrong at random)
+            answer = next(pool) if rng.random() < 0.5 else rng.choice([gold, f"{gold}.", shown["ABCD".index(gold)]])
+            answers[f"{q['index']}/{r}"] = answer
+            doc = lmms_doc(q, r)
+            rows.append(lmms.mmbench.mmbench_process_results(doc, [answer])["gpt_eval_score"])
+    ours, _ = bench.score(answers)
+    with contextlib.redirect_stdout(io.StringIO()):
+        overall, _, _ = lmms.mmbench.mmbench_evaluator.eval_result(rows, eval_method="static")
+    assert len(rows) > 9000 and 0.05 < ours["accuracy"] < 0.95
+    assert ours["accuracy"] == pytest.approx(overall, abs=1e-12)
+    bench.use_convention("llava")
+    assert bench.score(answers)[0]["accuracy"] != ours["accuracy"]

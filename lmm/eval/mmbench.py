@@ -15,6 +15,9 @@ back to the gold option. `accuracy_single` is the first rotation alone (the plai
 
 An answer is mapped to an option by `lmm.eval.choices.match_option`; what it leaves unresolved goes to the
 optional judge (an OpenAI-compatible chat model), and what is still unresolved counts as wrong.
+
+Convention `lmms_eval`: lmms-eval 0.7.3's prompt and answer reading (`lmm.eval.mmbench_lmms_eval`, its
+judge-free `mmbench_en_dev_static` task); the same rotations, the same circular rule, no judge.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
+from lmm.eval import mmbench_lmms_eval
 from lmm.eval.choices import LETTERS, format_options, is_missing, match_option, rotate
 from lmm.eval.files import write_table
 
@@ -47,6 +51,7 @@ def judge_messages(question: str, options: Sequence[str], answer: str) -> list[d
 class MMBench(Benchmark):
     name = "mmbench"
     max_new_tokens = 16
+    conventions = ("llava", "lmms_eval")
 
     def __init__(self, questions: str, suffix: str | None = MULTIPLE_CHOICE, circular: bool = True,
                  judge: Any = None, limit: int | None = None, name: str = "mmbench",
@@ -146,8 +151,11 @@ class MMBench(Benchmark):
         return len(question["options"]) if self.circular else 1
 
     def prompt(self, question: dict, shift: int) -> str:
+        shown = rotate(question["options"], shift)
+        if self.convention == "lmms_eval":
+            return mmbench_lmms_eval.prompt(question["question"], question["hint"], shown, self.suffix)
         text = question["question"] if question["hint"] is None else f"{question['hint']}\n{question['question']}"
-        return with_suffix(f"{text}\n{format_options(rotate(question['options'], shift))}", self.suffix)
+        return with_suffix(f"{text}\n{format_options(shown)}", self.suffix)
 
     def requests(self) -> list[Request]:
         questions, _ = self._load()
@@ -166,20 +174,41 @@ class MMBench(Benchmark):
         self.judge = make_judge(self.judge)
         return self.judge
 
+    def _read_lmms_eval(self, questions: list[dict], prompts: list[dict]) -> dict[int, bool]:
+        """Each prompt's shown position as lmms-eval reads it; returns question index -> right (circular)."""
+        by_question, hits = defaultdict(list), {}
+        for p in prompts:
+            by_question[p["question"]["index"]].append(p)
+        for q in questions:
+            ps, gold = by_question[q["index"]], q["gold"]
+            if gold is None:   # no gold: each answer read on its own
+                read = [mmbench_lmms_eval.infer(p["answer"], p["shown"])
+                        or mmbench_lmms_eval.extract_letter(p["answer"], LETTERS[: min(p["n"], 4)]) for p in ps]
+            else:
+                rotations = [(p["answer"], p["shown"], LETTERS[(gold - p["shift"]) % p["n"]]) for p in ps]
+                hits[q["index"]], read = mmbench_lmms_eval.question_hit(rotations)
+            for p, letter in zip(ps, read):
+                position = LETTERS.index(letter) if letter is not None else None
+                if position is not None and position < p["n"]:
+                    p["position"], p["by"] = position, "lmms_eval"
+        return hits
+
     def score(self, answers: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
         questions, _ = self._load()
+        lmms = self.convention == "lmms_eval"
         prompts = []   # one per request: the shown options, the answer, and the chosen original option
         for q in questions:
             n = len(q["options"])
             for r in range(self.rotations(q)):
                 shown = rotate(q["options"], r)
                 text = answers.get(f"{q['index']}/{r}", "")
-                pos = match_option(text, shown)
+                pos = None if lmms else match_option(text, shown)
                 prompts.append({"question": q, "shift": r, "shown": shown, "answer": text, "position": pos,
                                 "by": "rule" if pos is not None else None, "n": n})
+        hits = self._read_lmms_eval(questions, prompts) if lmms else {}
         unresolved = [p for p in prompts if p["position"] is None]
         n_judged = 0
-        client = self._judge_client() if unresolved else None
+        client = self._judge_client() if unresolved and not lmms else None
         if client is not None:
             replies = client.complete_many([judge_messages(p["question"]["question"], p["shown"], p["answer"])
                                             for p in unresolved])
@@ -204,7 +233,8 @@ class MMBench(Benchmark):
             records.append({"index": q["index"], "question": q["question"], "hint": q["hint"],
                             "options": q["options"], "category": q["category"], "l2_category": q["l2_category"],
                             "gold": None if gold is None else LETTERS[gold], "rounds": rounds,
-                            "correct_single": rounds[0]["correct"], "correct": all(r["correct"] for r in rounds)})
+                            "correct_single": rounds[0]["correct"],
+                            "correct": hits[q["index"]] if q["index"] in hits else all(r["correct"] for r in rounds)})
 
         scored = [r for r in records if r["gold"] is not None]
         metrics: dict[str, Any] = {"n": len(scored), "n_questions": len(records), "n_prompts": len(prompts),
