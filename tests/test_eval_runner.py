@@ -97,6 +97,13 @@ def test_reuse_answers_rescores_without_generating(tiny_lmm, images, tmp_path, m
     with pytest.raises(ValueError, match="lacks 2 of the requests"):
         evaluate_model(tiny_lmm, {"c": Counting(images, n=7)}, tmp_path, {"progress": False, "reuse_answers": True})
 
+    class Reworded(Counting):
+        def requests(self):
+            return [Request(r.key, r.prompt.replace("briefly", "in a word"), r.images) for r in super().requests()]
+
+    with pytest.raises(ValueError, match="5 answers .* were generated for other prompts"):
+        evaluate_model(tiny_lmm, {"c": Reworded(images)}, tmp_path, {"progress": False, "reuse_answers": True})
+
 
 def test_duplicate_request_keys_are_an_error(tiny_lmm, images, tmp_path):
     class Twice(Counting):

@@ -116,12 +116,17 @@ def _read_answers(path: Path, requests: list[Request]) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"reuse_answers: {path} not found (run once without reuse_answers)")
     with path.open() as f:
-        answers = {row["key"]: row["answer"] for row in map(json.loads, f)}
-    missing = [r.key for r in requests if r.key not in answers]
+        rows = {row["key"]: row for row in map(json.loads, f)}
+    missing = [r.key for r in requests if r.key not in rows]
     if missing:
         raise ValueError(f"reuse_answers: {path} lacks {len(missing)} of the requests, e.g. {missing[:3]} "
                          f"(written with other benchmark settings?)")
-    return {r.key: answers[r.key] for r in requests}
+    # An answer to another prompt (another suffix, or MMBench under another convention) is not this one's.
+    other = [r.key for r in requests if rows[r.key].get("prompt", r.prompt) != r.prompt]
+    if other:
+        raise ValueError(f"reuse_answers: {len(other)} answers in {path} were generated for other prompts, e.g. "
+                         f"{other[:3]} (another suffix or evaluation.convention?); generate them again")
+    return {r.key: rows[r.key]["answer"] for r in requests}
 
 
 def run_benchmark(model, bench: Benchmark, out_dir: Path, settings: Settings, rank: int, world: int) -> dict | None:
