@@ -46,12 +46,9 @@ def parse_yes_no_lmms_eval(text: str) -> str:
     """'yes', 'no' or 'other', as lmms-eval 0.7.3 reads an MME answer: lower-cased, stripped, periods
     deleted; "yes"/"no" exactly, a lone "y"/"n", else "yes" then "no" within the first 4 characters."""
     text = text.lower().strip().replace(".", "")
-    if text in ("yes", "no"):
-        return text
     if len(text) == 1:
         return {"y": "yes", "n": "no"}.get(text, "other")
-    head = text[:4]
-    return "yes" if "yes" in head else "no" if "no" in head else "other"
+    return parse_yes_no(text)   # then the official tool's rule
 
 
 class MME(Benchmark):
