@@ -94,7 +94,7 @@ def test_over_long_samples_are_truncated_or_dropped(tmp_path, tiny_lmm):
     assert n + (tiny_lmm.num_visual_tokens - 1) == 400  # filled to the limit, the image kept whole
     assert batch["truncated"] == 1 and (batch["labels"][row, :n] != IGNORE_INDEX).any()
     out = tiny_lmm(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
-    assert out.logits.shape[1] == 400 and torch.isfinite(out.loss)
+    assert out.attention_mask.shape[1] == 400 and torch.isfinite(out.loss)
 
 
 def test_a_sample_whose_answer_lies_past_the_limit_is_dropped_even_when_truncating(tiny_lmm):

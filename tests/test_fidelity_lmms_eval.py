@@ -252,10 +252,10 @@ def mmbench_questions(rng: random.Random, n_questions: int) -> list[dict]:
 
 
 def write_tsv(path, questions) -> None:
-    from tests.test_fidelity_eval_scripts import photo
-
     import base64
     import io
+
+    from tests.test_fidelity_eval_scripts import photo
 
     buf = io.BytesIO()
     photo(32, 24, 0).save(buf, format="PNG")

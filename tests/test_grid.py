@@ -108,7 +108,7 @@ def test_every_tiny_cell_takes_a_training_step(llm, vision, connector, data_dir,
     batch = Collator(model.tokenizer.pad_token_id)([dm.processor(r, lambda p: root / p) for r in sft_records])
     out = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
     n_images = batch["pixel_values"].shape[0]
-    assert out.logits.shape[1] == batch["input_ids"].shape[1] + n_images // len(sft_records) * (model.num_visual_tokens - 1)
+    assert out.attention_mask.shape[1] == batch["input_ids"].shape[1] + n_images // len(sft_records) * (model.num_visual_tokens - 1)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]

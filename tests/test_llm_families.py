@@ -85,7 +85,7 @@ def test_lmm_with_each_family(tokenizer_dir, name):
     ids = torch.tensor([[5, IMAGE_TOKEN_ID, 6, 7, 8, 9]])
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9]])
     out = model(ids, torch.randn(1, 3, 32, 32), labels=labels)
-    assert out.logits.shape[:2] == (1, 5 + model.num_visual_tokens)
+    assert out.attention_mask.shape == (1, 5 + model.num_visual_tokens)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert model.connector[0].weight.grad.abs().sum() > 0

@@ -12,7 +12,8 @@ from tests.llava_fixture import good_records, write_dataset
 def per_sample_losses(model, batch) -> dict:
     """sample id -> (summed token loss, labelled tokens), read back from the expanded sequence."""
     kw = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}
-    out = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"], **kw)
+    out = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"],
+                return_logits=True, **kw)
     spliced = model._splice(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"],
                             "right", batch.get("segment_ids"))
     segments = spliced.segment_ids if spliced.segment_ids is not None else spliced.attention_mask

@@ -76,7 +76,7 @@ def alone(model, pixels):
     """Each sample unpacked, in a batch of its own: logits and expanded labels."""
     refs = []
     for (ids, labels, _), images in zip(SAMPLES, sample_images(pixels)):
-        out = model(torch.tensor([ids]), images, labels=torch.tensor([labels]))
+        out = model(torch.tensor([ids]), images, labels=torch.tensor([labels]), return_logits=True)
         refs.append((out.logits[0], out.labels[0]))
     return refs
 
@@ -93,7 +93,7 @@ def test_packed_rows_match_each_sample_alone(tokenizer_dir, name, attn):
     model = tiny_model(tokenizer_dir, name)
     model.llm.model.set_attn_implementation(attn)  # both build the block-diagonal mask from the position ids
     ids, labels, segments, mask, pixels = packed_batch(model.tokenizer.pad_token_id)
-    out = model(ids, pixels, mask, labels, segment_ids=segments)
+    out = model(ids, pixels, mask, labels, segment_ids=segments, return_logits=True)
     refs = alone(model, pixels)
 
     total, count = 0.0, 0
@@ -107,6 +107,10 @@ def test_packed_rows_match_each_sample_alone(tokenizer_dir, name, attn):
     # The model's own loss ignores the targets across sample boundaries: the mean over exactly the
     # tokens the samples train alone (each sample's labelled first token would otherwise count).
     torch.testing.assert_close(out.loss, total / count, rtol=1e-5, atol=1e-5)
+    # and so does the loss that never builds the full logits (the head on the trained positions only)
+    trained_only = model(ids, pixels, mask, labels, segment_ids=segments)
+    assert trained_only.logits is None
+    torch.testing.assert_close(trained_only.loss, total / count, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
@@ -114,7 +118,7 @@ def test_without_segment_ids_the_second_sample_sees_the_first(tokenizer_dir):
     """The plain padding mask over a packed row lets sample 2 attend to sample 1: the check above can fail."""
     model = tiny_model(tokenizer_dir, "tiny_llama")
     ids, labels, segments, mask, pixels = packed_batch(model.tokenizer.pad_token_id)
-    out = model(ids, pixels, mask, labels)
+    out = model(ids, pixels, mask, labels, return_logits=True)
     (logits, lab), (ref_logits, ref_lab) = per_sample(model, out.logits, out.labels)[1], alone(model, pixels)[1]
     (ce, n), (ref_ce, ref_n) = token_ce(logits, lab), token_ce(ref_logits, ref_lab)
     assert abs(ce / n - ref_ce / ref_n) > 1e-3
@@ -128,12 +132,14 @@ def test_rows_end_to_end_as_for_flash_attention(tokenizer_dir, monkeypatch):
     """The layout used under flash attention (all rows as one, batch 1) gives the same logits."""
     model = tiny_model(tokenizer_dir, "tiny_qwen2")
     ids, labels, segments, mask, pixels = packed_batch(model.tokenizer.pad_token_id)
-    per_row = model(ids, pixels, mask, labels, segment_ids=segments)
+    per_row = model(ids, pixels, mask, labels, segment_ids=segments, return_logits=True)
     monkeypatch.setattr(LMM, "_packed_rows", lambda self, batch: 1)
-    flat = model(ids, pixels, mask, labels, segment_ids=segments)
+    flat = model(ids, pixels, mask, labels, segment_ids=segments, return_logits=True)
     real = per_row.attention_mask.bool()
     torch.testing.assert_close(flat.logits[real], per_row.logits[real])
     torch.testing.assert_close(flat.loss, per_row.loss)
+    # the trained-positions loss reads the hidden states back from the end-to-end layout too
+    torch.testing.assert_close(model(ids, pixels, mask, labels, segment_ids=segments).loss, per_row.loss)
 
 
 def embed(ids):

@@ -5,8 +5,10 @@ download) under a training strategy, on synthetic batches shaped like LLaVA SFT 
     python experiments/fsdp_throughput/bench.py --vision tiny --llm tiny --accelerator cpu --steps 3   # smoke run
 
 Prints one table row per run: tokens/s (text + visual tokens, all ranks), samples/s, step time,
-peak GPU memory per rank, and model FLOPs utilisation against the device's dense bf16 peak
-(6 x trained parameters + 2 x frozen parameters per token; activation recompute not counted).
+peak GPU memory per rank, model TFLOP/s per device and model FLOPs utilisation against the device's
+dense bf16 peak. FLOPs are lmm.train.flops's count, the one behind `train/mfu` in every training
+run: matmul weights and attention, 6 x trained / 2 x frozen-upstream / 4 x frozen-with-gradient
+parameters per token of each module (activation recompute not counted).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID
 from lmm.data.tokenizer_build import train_bpe_tokenizer
+from lmm.train.flops import PEAK_BF16_TFLOPS, device_peak_tflops, flop_rates, head_on_trained_positions, trained_targets
 from lmm.train.module import LMMTrainModule
 from lmm.train.run import make_strategy
 
@@ -44,14 +47,15 @@ LLM = {
     "tiny": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "max_position_embeddings": 2048},
 }
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per device
 
 
 class Synthetic(Dataset):
-    """One image + `text_tokens` text tokens per sample, the second half labelled (an answer)."""
+    """One image + `text_tokens` text tokens per sample, the second half labelled (an answer);
+    `length`: the expanded sequence length (the image token replaced by the visual tokens)."""
 
-    def __init__(self, n: int, text_tokens: int, image_size: int, vocab: int):
+    def __init__(self, n: int, text_tokens: int, image_size: int, vocab: int, visual_tokens: int):
         self.n, self.text_tokens, self.image_size, self.vocab = n, text_tokens, image_size, vocab
+        self.length = text_tokens - 1 + visual_tokens
 
     def __len__(self):
         return self.n
@@ -62,13 +66,15 @@ class Synthetic(Dataset):
         ids[1] = IMAGE_TOKEN_ID
         labels = ids.clone()
         labels[: self.text_tokens // 2] = IGNORE_INDEX
-        return ids, labels, torch.randn(3, self.image_size, self.image_size, generator=g)
+        return ids, labels, torch.randn(3, self.image_size, self.image_size, generator=g), self.length
 
 
 def collate(items):
-    ids, labels, pixels = map(torch.stack, zip(*items))
+    ids, labels, pixels = map(torch.stack, list(zip(*items))[:3])
+    lengths = [item[3] for item in items]
     return {"num_samples": len(items), "skipped": [], "input_ids": ids, "labels": labels,
-            "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+            "attention_mask": torch.ones_like(ids), "pixel_values": pixels, "lengths": lengths,
+            "real_tokens": sum(lengths), "computed_tokens": len(items) * max(lengths)}
 
 
 class Timer(L.Callback):
@@ -118,12 +124,17 @@ def main():
         strategy = args.strategy
     tune = {"vision": "frozen", "connector": "full", "llm": "full"}  # the SFT stage of both paper recipes
     module = LMMTrainModule(model, tune, {"lr": 2e-5}, parallel)
-    total = sum(p.numel() for p in module.model.parameters())  # before sharding splits them
+    rates = flop_rates(module.model)  # from the architecture and the tuned parameters
     image_size = VISION[args.vision]["image_size"]
     steps = args.warmup + args.steps
     vocab = module.model.llm.model.get_input_embeddings().num_embeddings
-    data = DataLoader(Synthetic(steps * args.micro_batch * args.devices, args.text_tokens, image_size, vocab),
-                      batch_size=args.micro_batch, collate_fn=collate, num_workers=2)
+    dataset = Synthetic(steps * args.micro_batch * args.devices, args.text_tokens, image_size, vocab,
+                        module.model.num_visual_tokens)
+    data = DataLoader(dataset, batch_size=args.micro_batch, collate_fn=collate, num_workers=2)
+    # Every micro-batch has the same shape, so one gives each rank's step FLOPs.
+    sample = collate([dataset[i] for i in range(args.micro_batch)])
+    head_rows = int(trained_targets(sample["labels"])) if head_on_trained_positions(module.model) else None
+    flops = rates(sample["lengths"], sample["pixel_values"].shape[0], head_rows)
     timer = Timer(args.warmup)
     precision = args.precision or ("bf16-mixed" if args.accelerator == "gpu" else "32-true")
     trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=strategy, precision=precision,
@@ -133,20 +144,18 @@ def main():
     if not trainer.is_global_zero:
         return
     step = statistics.median(timer.times)
-    visual = module.model.num_visual_tokens
-    tokens = args.micro_batch * args.devices * (args.text_tokens - 1 + visual)
-    trained = sum(module.trainable.values())
-    frozen = total - trained
+    tokens = args.micro_batch * args.devices * dataset.length
     memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if args.accelerator == "gpu" else "n/a"
     name = torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu"
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    mfu = f"{(6 * trained + 2 * frozen) * tokens / step / (peak * 1e12 * args.devices):.1%}" if peak else "n/a"
+    peak = device_peak_tflops(trainer.strategy.root_device)  # PEAK_BF16_TFLOPS by device name
+    tflops = flops / step / 1e12  # per device: every rank computes one micro-batch per step
+    mfu = f"{tflops / peak:.1%}" if peak else f"n/a (peak known for {', '.join(PEAK_BF16_TFLOPS)})"
     print("| vision | llm | strategy | devices | micro batch | tokens/sample | step s (median) | tokens/s | "
-          "samples/s | peak GiB/rank | MFU | device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "samples/s | peak GiB/rank | TFLOP/s/device | MFU | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.vision} | {args.llm} | {args.strategy} | {args.devices} | {args.micro_batch} | "
-          f"{args.text_tokens - 1 + visual} | {step:.3f} | {tokens / step:,.0f} | "
-          f"{args.micro_batch * args.devices / step:.1f} | {memory} | {mfu} | {name} |")
+          f"{dataset.length} | {step:.3f} | {tokens / step:,.0f} | "
+          f"{args.micro_batch * args.devices / step:.1f} | {memory} | {tflops:.3g} | {mfu} | {name} |")
 
 
 def make_strategy_config(devices: int):

@@ -54,6 +54,7 @@ class Collator:
             pixel_values=cat_images(images) if images else None,
             # sequence lengths the model sees (visual tokens included), for the padding efficiency
             real_tokens=sum(s["length"] for s in samples),
+            lengths=[s["length"] for row in rows for s in row],  # per sample, in `ids` order (model FLOPs)
             computed_tokens=len(rows) * max(sum(s["length"] for s in row) for row in rows),
         )
         if self.packed:

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
 from lmm.eval import mmbench_lmms_eval
+from lmm.eval.benchmark import MULTIPLE_CHOICE, Benchmark, Request, require_files, with_suffix
 from lmm.eval.choices import LETTERS, format_options, is_missing, match_option, rotate
 from lmm.eval.files import write_table
 

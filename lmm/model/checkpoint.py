@@ -6,10 +6,13 @@ specs may only name classes inside `lmm`) and then loads the weights strictly.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer"
 FORMAT = "lmm-checkpoint"
@@ -17,14 +20,43 @@ VERSION = 1
 
 
 def save_pretrained(model, path) -> Path:
+    return write_checkpoint(path, model.spec(), model.state_dict(), model.tokenizer)
+
+
+def write_checkpoint(path, spec: dict, state: dict[str, torch.Tensor], tokenizer) -> Path:
+    """config.json + model.safetensors + tokenizer/, written into a temporary folder beside `path`
+    and renamed into place: a kill leaves the old checkpoint or the new one, never half of one,
+    and a model memory-mapped from the old file (lmm.load) keeps its pages."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "version": VERSION, **model.spec()}
-    config["llm"]["tokenizer"] = TOKENIZER
-    (path / CONFIG).write_text(json.dumps(config, indent=2))
-    save_model(model, str(path / WEIGHTS))  # handles tied (shared) weights
-    model.tokenizer.save_pretrained(path / TOKENIZER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        config = {"format": FORMAT, "version": VERSION, **spec}
+        config["llm"] = {**config["llm"], "tokenizer": TOKENIZER}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        save_file(_unshared(state), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp / TOKENIZER)
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One entry per storage (tied weights are stored once, under their first name; loading
+    fills the twins), each contiguous, as safetensors requires."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        where = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if value.numel() and where in seen:
+            continue
+        seen.add(where)
+        out[key] = value.detach().contiguous()
+    return out
 
 
 def read_config(path) -> dict:
@@ -71,13 +103,13 @@ def load_weights(model, path, modules: list[str] | None = None) -> None:
 
 def load(path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """`lmm.load(path)`: an LMM in eval mode, ready for `.chat(image, text)`."""
-    from lmm.model.lmm import LMM
+    from lmm.model.lazy import load_on_meta
 
     path = Path(path)
     config = read_config(path)
     config["llm"]["tokenizer"] = str(path / config["llm"]["tokenizer"])
-    model = LMM(vision=config["vision"], connector=config["connector"], llm=config["llm"])
-    load_weights(model, path)
+    # Built on the meta device and given the file's tensors (memory-mapped): no random init, no copy.
+    model = load_on_meta({k: config[k] for k in ("vision", "connector", "llm")}, path)
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()

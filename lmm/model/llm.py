@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lmm.data.templates import ChatTemplate
 from lmm.model.hf import hf_config_from_dict
+from lmm.model.meta import weights_deferred
 from lmm.model.spec import build, spec_target
 
 
@@ -30,7 +31,13 @@ class LanguageModel(nn.Module):
         if self.tokenizer.pad_token_id is None:
             # Padding is masked out of attention and loss, so any existing token serves.
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        if pretrained is not None:
+        self.weights_from = None  # set when the weights are read later (lmm.model.weights)
+        if pretrained is not None and weights_deferred():
+            # the architecture only (parameters on meta); the weights are read once, later
+            config = AutoConfig.from_pretrained(pretrained)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            self.weights_from = pretrained
+        elif pretrained is not None:
             # float32 master weights whatever the checkpoint's dtype (transformers' default "auto"
             # would give fp16/bf16 parameters to the optimiser); mixed precision casts for compute.
             self.model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch.float32)
@@ -44,6 +51,14 @@ class LanguageModel(nn.Module):
             # the config names the architecture it expects; a weights path of another family fails here
             raise ValueError(f"the LLM config expects {decoder_layer} layers but {pretrained or 'hf_config'} "
                              f"builds {self.decoder_layer_class.__name__}")
+
+    defers_pretrained = True  # a meta build can read its pretrained safetensors later (lmm.model.weights)
+
+    def weight_sources(self, at: str) -> dict:
+        """Sources of the deferred weights (`at`: this module's key prefix in the LMM)."""
+        from lmm.model.weights import hf_sources
+
+        return hf_sources(self.model, self.weights_from, f"{at}model.") if self.weights_from else {}
 
     def _derive(self, hf_config: dict) -> dict:
         """Vocabulary size and special ids come from the tokenizer, not from the config file."""
@@ -73,7 +88,11 @@ class LanguageModel(nn.Module):
 
     @property
     def decoder_layer_class(self) -> type:
-        return type(self.layers[0])
+        """The layers' own class, also once FSDP2 has sharded them (it swaps in an `FSDP<Name>`
+        subclass): the spec written at export must name the architecture, not the wrapper."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return next(c for c in type(self.layers[0]).__mro__ if not issubclass(c, FSDPModule))
 
     def embed(self, input_ids):
         return self.model.get_input_embeddings()(input_ids)

@@ -1,50 +1,51 @@
 """`LMM`: vision encoder -> connector -> LLM, as a plain `nn.Module` (no Lightning in here)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from lmm.data.templates import IMAGE_PLACEHOLDER, Message
-from lmm.data.tokenize import IGNORE_INDEX, IMAGE_TOKEN_ID, encode_segments
+from lmm.data.tokenize import IMAGE_TOKEN_ID, encode_segments
+from lmm.model.loss import LOSS_IMPLS, causal_lm_loss, post_head, trained_positions_loss
+from lmm.model.meta import deferred_weights, parameters_on_meta
 from lmm.model.spec import build
 from lmm.model.splice import splice_images
 
 
 @dataclass
 class LMMOutput:
-    logits: torch.Tensor  # (B, L, vocab) over the expanded sequence (text + visual tokens)
+    # (B, L, vocab) over the expanded sequence (text + visual tokens); None for a forward with labels
+    # unless asked for (return_logits=True): the loss alone never builds them
+    logits: torch.Tensor | None
     attention_mask: torch.Tensor  # (B, L) of the expanded sequence
     labels: torch.Tensor | None = None  # (B, L) expanded labels, -100 on visual tokens
     loss: torch.Tensor | None = None  # mean next-token loss over labelled tokens
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy of predicting labels[t + 1] from position t, over labelled tokens. In a
-    packed row, a target in another segment than t (the next sample's first token) is ignored."""
-    shift_logits = logits[:, :-1].flatten(0, 1).float()
-    shift_labels = labels[:, 1:]
-    if segment_ids is not None:
-        shift_labels = shift_labels.masked_fill(segment_ids[:, 1:] != segment_ids[:, :-1], IGNORE_INDEX)
-    shift_labels = shift_labels.flatten()
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
 class LMM(nn.Module):
     """Built from three component specs (Hydra configs or a checkpoint's config.json)."""
 
-    def __init__(self, vision: Mapping, connector: Mapping, llm: Mapping):
+    def __init__(self, vision: Mapping, connector: Mapping, llm: Mapping, on_meta: Collection[str] = ()):
+        """`on_meta`: components built with their parameters on the meta device, their weights to
+        be read later (lmm.model.lazy); the others are built (and initialised or loaded) for real."""
         super().__init__()
         self.always_run_vision = False  # set by the trainer when the tower is sharded (FSDP)
-        self.vision = build(vision)
-        self.llm = build(llm)
-        self.connector = build(connector, in_dim=self.vision.hidden_size, out_dim=self.llm.hidden_size)
+        # How a forward with labels computes its loss (plain attributes the trainer may set):
+        # "chunked" (the head on the trained positions only, `loss_chunk_tokens` rows at a time) or
+        # "liger" (Liger-Kernel's fused linear cross-entropy, CUDA only); see lmm/model/loss.py.
+        self.loss_impl = "chunked"
+        self.loss_chunk_tokens = 4096
+        with parameters_on_meta("vision" in on_meta), deferred_weights("vision" in on_meta):
+            self.vision = build(vision)
+        with parameters_on_meta("llm" in on_meta), deferred_weights("llm" in on_meta):
+            self.llm = build(llm)
+        with parameters_on_meta("connector" in on_meta):
+            self.connector = build(connector, in_dim=self.vision.hidden_size, out_dim=self.llm.hidden_size)
 
     # Facts the data pipeline needs, owned by the components.
     @property
@@ -102,18 +103,39 @@ class LMM(nn.Module):
         stay separate. Eager/sdpa/flex get a block-diagonal mask per row (find_packed_sequence_indices)."""
         return 1 if "flash" in (self.llm.model.config._attn_implementation or "") else batch
 
-    def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, segment_ids=None) -> LMMOutput:
-        """segment_ids (B, T): packed rows, 1, 2, ... per sample and 0 on padding (see splice_images)."""
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, segment_ids=None,
+                return_logits: bool | None = None) -> LMMOutput:
+        """segment_ids (B, T): packed rows, 1, 2, ... per sample and 0 on padding (see splice_images).
+        return_logits: the full (B, L, vocab) logits in the output; by default only without labels.
+        With labels and no logits, the LM head runs only on the positions with a trained target."""
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"unknown loss_impl {self.loss_impl!r}; valid: {list(LOSS_IMPLS)}")
+        want_logits = labels is None if return_logits is None else bool(return_logits)
         s = self._splice(input_ids, pixel_values, attention_mask, labels, "right", segment_ids)
         # Packed: no 2-D mask, so transformers reads the sample boundaries from the restarting
         # position ids (given a padding mask it would build one causal mask over the whole row).
         batch, width, dim = s.inputs_embeds.shape
         rows, mask = (batch, s.attention_mask) if segment_ids is None else (self._packed_rows(batch), None)
-        out = self.llm.model(inputs_embeds=s.inputs_embeds.reshape(rows, -1, dim), attention_mask=mask,
-                             position_ids=s.position_ids.reshape(rows, -1), use_cache=False)
-        logits = out.logits.reshape(batch, width, -1)
-        loss = causal_lm_loss(logits, s.labels, s.segment_ids) if labels is not None else None
-        return LMMOutput(logits=logits, attention_mask=s.attention_mask, labels=s.labels, loss=loss)
+        inputs = {"inputs_embeds": s.inputs_embeds.reshape(rows, -1, dim), "attention_mask": mask,
+                  "position_ids": s.position_ids.reshape(rows, -1), "use_cache": False}
+        transform = None if labels is None or want_logits else post_head(self.llm.model.config)
+        if labels is not None and not want_logits and transform is None and self.loss_impl == "liger":
+            raise ValueError(f"loss_impl='liger' is not available for LLM family "
+                             f"{self.llm.model.config.model_type!r} (its LM head's transform is not known)")
+        if transform is None:  # full logits: the HF causal LM's own forward
+            logits = self.llm.model(**inputs).logits.reshape(batch, width, -1)
+            loss = causal_lm_loss(logits, s.labels, s.segment_ids) if labels is not None else None
+            return LMMOutput(logits=logits if want_logits else None, attention_mask=s.attention_mask,
+                             labels=s.labels, loss=loss)
+        # The decoder without its LM head (the final norm is inside it), then the head on the
+        # trained positions only. FSDP2: the LM head belongs to the root unit (fully_shard(model) in
+        # lmm/train/parallel.py), whose parameters are unsharded during this forward (and again in
+        # the backward, where a chunk's head call is recomputed), so the head must be called here,
+        # inside LMM.forward, never from outside it.
+        hidden = self.llm.model.base_model(**inputs).last_hidden_state.reshape(batch, width, -1)
+        loss = trained_positions_loss(hidden, s.labels, self.llm.model.get_output_embeddings(), s.segment_ids,
+                                      transform, chunk_tokens=self.loss_chunk_tokens, impl=self.loss_impl)
+        return LMMOutput(logits=None, attention_mask=s.attention_mask, labels=s.labels, loss=loss)
 
     @torch.no_grad()
     def generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 64,

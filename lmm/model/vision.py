@@ -16,6 +16,7 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 
 from lmm.data.transforms import ImageTransform
 from lmm.model.hf import hf_config_from_dict
+from lmm.model.meta import weights_deferred
 from lmm.model.spec import spec_target
 
 # Normalisation used when neither the config nor a saved image processor gives one.
@@ -78,9 +79,14 @@ class HFVisionEncoder(nn.Module):
         super().__init__()
         if (pretrained is None) == (hf_config is None):
             raise ValueError("give exactly one of `pretrained` (path or hub id) and `hf_config` (architecture dict)")
+        self.weights_from = None  # set when the weights are read later (lmm.model.weights)
         if pretrained is not None:
             config = _vision_config(AutoConfig.from_pretrained(pretrained))
-            tower = AutoModel.from_pretrained(pretrained, config=config, dtype=torch.float32)  # fp32 master weights
+            if weights_deferred():  # the architecture only (parameters on meta); weights read later
+                tower = AutoModel.from_config(config, dtype=torch.float32)
+                self.weights_from = pretrained
+            else:
+                tower = AutoModel.from_pretrained(pretrained, config=config, dtype=torch.float32)  # fp32 master weights
             mean, std = self._processor_normalisation(pretrained)
             image_mean, image_std = image_mean or mean, image_std or std
         else:
@@ -99,6 +105,14 @@ class HFVisionEncoder(nn.Module):
         self.block_class = type(self.tower.encoder.layers[0])
         self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square,
                                         backend=resize_backend)
+
+    defers_pretrained = True  # a meta build can read its pretrained safetensors later (lmm.model.weights)
+
+    def weight_sources(self, at: str) -> dict:
+        """Sources of the deferred weights (`at`: this module's key prefix in the LMM)."""
+        from lmm.model.weights import hf_sources
+
+        return hf_sources(self.tower, self.weights_from, f"{at}tower.") if self.weights_from else {}
 
     @staticmethod
     def _processor_normalisation(path: str):

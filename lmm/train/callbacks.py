@@ -1,6 +1,7 @@
 """Training callbacks: skipped-record accounting and throughput."""
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter, deque
 
@@ -9,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lmm.data.dataset import SKIP_REASONS
+from lmm.train.flops import device_peak_tflops, flop_rates, head_on_trained_positions, trained_targets
 
 
 class SkipMonitor(L.Callback):
@@ -105,20 +107,51 @@ class SkipMonitor(L.Callback):
 
 class ThroughputMonitor(L.Callback):
     """Logs `train/tokens_per_s` (sequence tokens incl. visual tokens, padding excluded, summed over
-    ranks) and `train/samples_per_s`, over a sliding window of steps, wall clock incl. data loading."""
+    ranks) and `train/samples_per_s`, over a sliding window of steps, wall clock incl. data loading.
+
+    Also, over the same window: `train/tflops_per_device`, the model FLOPs of the window's batches
+    (lmm/train/flops.py: counted from the architecture and the tuned parameters once at fit start,
+    then per batch from its samples' lengths, images and trained targets; activation recompute and
+    padding not counted) per second, in TFLOP/s, averaged over ranks; `train/mfu`, that over the
+    device's dense bf16 peak, only where the peak is known (CUDA H100 / H200 / A100, by
+    `torch.cuda.get_device_name`); and `train/peak_memory_gb`, the most memory the process has held
+    so far in GB (1e9 bytes; the maximum over ranks): on CUDA `torch.cuda.max_memory_allocated`
+    (tensors allocated by PyTorch on the device), elsewhere the process's peak resident set size
+    (`resource.getrusage`, host memory, everything the process holds)."""
 
     def __init__(self, window: int = 20):
         self.window = deque(maxlen=window)
         self.last = None
+        self.rates = None  # FlopRates of the model being fitted (None: not an LMM, no FLOPs logged)
+        self.head_on_trained = False
+        self.peak_tflops = None
+
+    def on_fit_start(self, trainer, pl_module):
+        model = getattr(pl_module, "model", None)
+        if all(hasattr(model, name) for name in ("vision", "connector", "llm")):
+            self.rates = flop_rates(model)  # global parameter shapes, also once FSDP2 has sharded them
+            self.head_on_trained = head_on_trained_positions(model)
+        self.peak_tflops = device_peak_tflops(trainer.strategy.root_device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.last is None:
             self.last = time.perf_counter()
 
+    def _flops(self, batch):
+        """The batch's model FLOPs (a tensor when counted from device labels), None when unknown."""
+        if not batch["num_samples"]:
+            return 0.0
+        if self.rates is None or "lengths" not in batch:
+            return None
+        images = 0 if batch.get("pixel_values") is None else batch["pixel_values"].shape[0]
+        head = trained_targets(batch["labels"], batch.get("segment_ids")) if self.head_on_trained else None
+        return self.rates(batch["lengths"], images, head)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
         tokens = batch.get("real_tokens", 0)  # sample lengths with their visual tokens, padding excluded
-        self.window.append((now - self.last, tokens, batch["num_samples"], batch.get("computed_tokens", 0)))
+        self.window.append((now - self.last, tokens, batch["num_samples"], batch.get("computed_tokens", 0),
+                            self._flops(batch)))
         self.last = now
         seconds = sum(w[0] for w in self.window)
         pl_module.log("train/tokens_per_s", sum(w[1] for w in self.window) / seconds, reduce_fx="sum", sync_dist=True)
@@ -126,6 +159,23 @@ class ThroughputMonitor(L.Callback):
         computed = sum(w[3] for w in self.window)
         if computed:  # real tokens / computed (rows x longest row): what padding costs, measured
             pl_module.log("train/token_efficiency", sum(w[1] for w in self.window) / computed)
+        if all(w[4] is not None for w in self.window):
+            tflops = sum(w[4] for w in self.window) / seconds / 1e12  # this rank's; the mean over ranks is logged
+            pl_module.log("train/tflops_per_device", tflops, reduce_fx="mean", sync_dist=True)
+            if self.peak_tflops:
+                pl_module.log("train/mfu", tflops / self.peak_tflops, reduce_fx="mean", sync_dist=True)
+        pl_module.log("train/peak_memory_gb", peak_memory_gb(trainer.strategy.root_device), reduce_fx="max",
+                      sync_dist=True)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The process's peak memory so far, GB: CUDA tensors allocated on `device`, else the peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource  # POSIX only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return peak * (1 if sys.platform == "darwin" else 1024) / 1e9
 
 
 class SamplePredictions(L.Callback):

@@ -40,3 +40,11 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder layer's activations in the backward pass instead of storing them
     (transformers' own mechanism, non-reentrant so frozen inputs and FSDP2 work)."""
     model.llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_llm_layers(model: nn.Module) -> None:
+    """torch.compile each decoder layer in place (`Module.compile`: the module keeps its type, so
+    FSDP2 still shards it and checkpoints keep their keys). Per layer, as torchtitan does: the
+    layers are alike, so one compiled graph serves them all, and graph breaks stay local."""
+    for layer in model.llm.layers:
+        layer.compile()

@@ -24,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.templates import stage_template
-from lmm.model.checkpoint import load_weights
-from lmm.model.lmm import LMM
+from lmm.model.checkpoint import load_weights, write_checkpoint
 from lmm.model.spec import build, to_plain
 from lmm.train.module import LMMTrainModule
-from lmm.train.tuning import apply_tuning, has_lora, merge_lora
+from lmm.train.tuning import has_lora, merged_lora_state
 
 log = logging.getLogger(__name__)
 def model_spec(cfg: DictConfig) -> dict:
@@ -108,18 +107,24 @@ def stage_accumulation(global_batch: int, datamodule, world_size: int) -> int:
     return steps
 
 
-def init_weights(module: LMMTrainModule, stage_name: str, init) -> None:
-    """Load the stage's starting weights: `init.checkpoint` (all modules, or `init.modules`)."""
+def check_init(stage_name: str, init) -> dict | None:
+    """The stage's starting weights ({checkpoint, modules}), checked to exist; None when it has none."""
     if not init or not init.get("checkpoint"):
-        return
-    path, modules = Path(init.checkpoint), init.get("modules")
+        return None
+    path = Path(init.checkpoint)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"stage {stage_name!r} starts from {path}, which holds no checkpoint. Run the stage that writes it "
             f"first (same grid cell; for the share recipe, the base recipe's pretrain), or set "
             f"recipe.stages.{stage_name}.init.checkpoint")
-    load_weights(module.model, path, modules=list(modules) if modules else None)
-    log.info("stage %s: initialised %s from %s", stage_name, list(modules) if modules else "all modules", path)
+    return {"checkpoint": str(path), "modules": list(init.modules) if init.get("modules") else None}
+
+
+def init_weights(module: LMMTrainModule, stage_name: str, init) -> None:
+    """Load the stage's starting weights into an already built module (all modules, or `init.modules`)."""
+    init = check_init(stage_name, init)
+    if init:
+        load_weights(module.model, init["checkpoint"], modules=init["modules"])
 
 
 def make_logger(cfg: DictConfig, info: dict, stage: str, run_dir: Path):
@@ -151,17 +156,13 @@ def make_strategy(spec, world_size: int):
 
 def export(module: LMMTrainModule, trainer: L.Trainer, path: Path) -> None:
     """Write the stage's model as an lmm checkpoint, LoRA adapters merged into their layers.
-    Sharded (FSDP2) weights are gathered first; rank zero rebuilds an unsharded copy to save."""
+    Sharded (FSDP2) weights are gathered to rank zero's CPU only (the others get an empty dict)
+    and written from the gathered dict: no second model is built and no pretrained file is read."""
     state = module.full_state_dict()  # a collective under FSDP2: every rank calls it
     if trainer.is_global_zero:
-        if module.sharded:
-            model = LMM(**module.hparams.model)
-            if has_lora(module.model):
-                apply_tuning(model, module.hparams.tune)  # the same adapters, to receive their weights
-            model.load_state_dict(state)
-        else:
-            model = module.model
-        merge_lora(model).save_pretrained(path)
+        if has_lora(module.model):
+            state = merged_lora_state(module.model, state)
+        write_checkpoint(path, module.model.spec(), state, module.model.tokenizer)
     trainer.strategy.barrier()
 
 
@@ -170,8 +171,13 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     if name not in cfg.recipe.stages:
         raise ValueError(f"recipe {cfg.recipe.name!r} has no stage {name!r}; valid: {list(cfg.recipe.stages)}")
     stage = cfg.recipe.stages[name]
-    module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim, cfg.strategy.get("model"))
-    init_weights(module, name, stage.get("init"))
+    init = check_init(name, stage.get("init"))
+    # Built on the meta device; configure_model reads the weights once (init checkpoint or
+    # pretrained files), on rank 0 under FSDP2, which broadcasts them shard by shard.
+    module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim, cfg.strategy.get("model"),
+                            init=init, meta_init=True)
+    if init:
+        log.info("stage %s: initialising %s from %s", name, init.get("modules") or "all modules", init["checkpoint"])
     log.info("stage %s: trainable parameters %s", name, module.trainable)
     if stage.data not in cfg.data:
         raise ValueError(f"data config {cfg.data.name!r} has no {stage.data!r} part for stage {name!r}")

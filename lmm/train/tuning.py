@@ -60,10 +60,27 @@ def _lora(name: str, module: nn.Module, r: int = 8, alpha: int = 16, dropout: fl
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules)
     inject_adapter_in_model(config, root)
+    _materialise_adapters(root)
     for param_name, param in module.named_parameters():
         param.requires_grad_("lora_" in param_name)
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError(f"LoRA target_modules={target_modules!r} matched no layer of {name}")
+
+
+def _materialise_adapters(root: nn.Module) -> None:
+    """peft creates adapters on their base layer's device: on a meta-built model (weights read
+    later, lmm.model.lazy) that is meta too. The adapters are not in any file, so they get real
+    memory and peft's own initialisation here (A random, B zero: the model starts unchanged)."""
+    from peft.tuners.lora import LoraLayer
+
+    for layer in root.modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        for adapter in list(layer.lora_A):
+            if layer.lora_A[adapter].weight.is_meta:
+                layer.lora_A[adapter].to_empty(device="cpu")
+                layer.lora_B[adapter].to_empty(device="cpu")
+                layer.reset_lora_parameters(adapter, True)
 
 
 def apply_tuning(model: nn.Module, tune: Mapping) -> dict[str, int]:
@@ -90,6 +107,33 @@ def apply_tuning(model: nn.Module, tune: Mapping) -> dict[str, int]:
 
 def has_lora(model: nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
+
+
+def merged_lora_state(model: nn.Module, state: dict) -> dict:
+    """A state dict (e.g. the full one gathered from FSDP2 shards) with every LoRA adapter folded
+    into its base weight, W + scaling * B @ A, under the plain layer's keys: export writes this
+    without rebuilding an unsharded model."""
+    from peft.tuners.lora import LoraLayer
+
+    state = dict(state)
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        if getattr(layer, "use_dora", {}) and any(layer.use_dora.values()):
+            raise NotImplementedError(f"{name}: DoRA adapters are not merged by export")
+        weight = state.pop(f"{name}.base_layer.weight").float()
+        for adapter in list(layer.lora_A):
+            a = state.pop(f"{name}.lora_A.{adapter}.weight").float()
+            b = state.pop(f"{name}.lora_B.{adapter}.weight").float()
+            delta = (b @ a) * layer.scaling[adapter]
+            weight = weight + (delta.T if getattr(layer, "fan_in_fan_out", False) else delta)
+        state[f"{name}.weight"] = weight
+        if f"{name}.base_layer.bias" in state:
+            state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
+    leftover = sorted(k for k in state if "lora_" in k or ".base_layer." in k)
+    if leftover:
+        raise ValueError(f"LoRA weights of unsupported layers left after merging: {leftover[:5]}")
+    return state
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
