@@ -3,9 +3,12 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "side_by_side" / "bench.py"
 
 
+@pytest.mark.slow
 def test_side_by_side_bench_tiny(capsys):
     spec = importlib.util.spec_from_file_location("side_by_side_bench", BENCH)
     bench = importlib.util.module_from_spec(spec)

@@ -269,6 +269,8 @@ def worker_llava(kind: str, shape: dict, tokenizer_dir: str, args) -> dict:
     optimizer, scheduler = build_optimizer(model.parameters(), total, **OPTIM)
 
     times, losses = [], []
+    if args.phase == "gen":  # generation alone, in a process that did not train (see compare_shape)
+        total = 0
     with PeakMemory(device) as mem:
         for _ in range(total):
             sync(device)
@@ -285,6 +287,8 @@ def worker_llava(kind: str, shape: dict, tokenizer_dir: str, args) -> dict:
     result.update(train_times=times[args.warmup:], losses=losses, train_peak=mem.peak, train_start=mem.start,
                   memory_method=mem.method)
     del optimizer, scheduler
+    if args.phase == "train":
+        return result
 
     model.eval()
     n = args.max_new_tokens
@@ -374,8 +378,9 @@ def worker_fit(kind: str, shape: dict, tokenizer_dir: str, args) -> dict:
 WORKERS = {"hf": worker_llava, "lmm": worker_llava, "lightning": worker_fit, "loop": worker_fit}
 
 
-def run_worker(kind: str, shape_name: str, tokenizer_dir: str, args) -> dict:
+def run_worker(kind: str, shape_name: str, tokenizer_dir: str, args, phase: str = "both") -> dict:
     shape = shape_of(shape_name, args.tiny)
+    args = argparse.Namespace(**{**vars(args), "phase": phase})
     if args.in_process:
         gc.collect()
         return WORKERS[kind](kind, shape, tokenizer_dir, args)
@@ -383,7 +388,7 @@ def run_worker(kind: str, shape_name: str, tokenizer_dir: str, args) -> dict:
         out = f.name
     cmd = [sys.executable, __file__, "--worker", kind, "--shape", shape_name, "--tokenizer", tokenizer_dir,
            "--out", out, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-           "--batch", str(args.batch), "--max-new-tokens", str(args.max_new_tokens)]
+           "--batch", str(args.batch), "--max-new-tokens", str(args.max_new_tokens), "--phase", args.phase]
     cmd += (["--tiny"] if args.tiny else []) + (["--threads", str(args.threads)] if args.threads else [])
     print(f"  running {kind} ({shape_name}) ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
@@ -423,7 +428,17 @@ def met(ratio: float, target: float, at_most: bool) -> str:
 def compare_shape(name: str, tokenizer_dir: str, args) -> tuple[list[str], list[str], str, list[str]]:
     """Table rows of (a) and (b), the shape's description and the failed checks, for one shape."""
     shape = shape_of(name, args.tiny)
-    r = {kind: run_worker(kind, name, tokenizer_dir, args) for kind in ("hf", "lmm", "lightning", "loop")}
+    # Train and generate in separate fresh processes: a process that has just trained holds another
+    # heap, which moved generation times by up to 15% either way; the generation processes alternate
+    # HF and lmm for --rounds rounds and the medians pool all their timed calls.
+    r = {kind: run_worker(kind, name, tokenizer_dir, args, phase="train") for kind in ("hf", "lmm")}
+    for _ in range(args.rounds):
+        for kind in ("hf", "lmm"):
+            gen = run_worker(kind, name, tokenizer_dir, args, phase="gen")
+            r[kind].setdefault("gen_times", []).extend(gen["gen_times"])
+            r[kind].update(gen_ids=gen["gen_ids"], gen_peak=max(gen["gen_peak"], r[kind].get("gen_peak", 0)),
+                           gen_start=gen["gen_start"])
+    r.update({kind: run_worker(kind, name, tokenizer_dir, args) for kind in ("lightning", "loop")})
     hf, ours, fit, loop = r["hf"], r["lmm"], r["lightning"], r["loop"]
     failures = []
     if not math.isclose(hf["checksum"], ours["checksum"], rel_tol=1e-9):
@@ -482,6 +497,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch", type=int, default=1, help="samples per train batch (one image each)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="fresh generation processes per model, HF and lmm alternating")
+    ap.add_argument("--phase", choices=["train", "gen", "both"], default="both", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads per variant (0: torch's default)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, all variants in this process (a smoke run)")
     ap.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,

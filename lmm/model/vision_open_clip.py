@@ -48,9 +48,10 @@ def create_visual(model_name: str, pretrained: str | None, model_kwargs: dict) -
             raise ValueError(f"pretrained={pretrained!r} is neither a weights file nor an open_clip tag of "
                              f"{model_name} (tags: {tags})")
         pretrained = file or pretrained
-    # the default device follows `with torch.device(...)`, so a meta-device build stays there
+    # device=None: open_clip's final `model.to(device)` leaves every tensor where it was built,
+    # so parameters built on meta (lmm.model.meta) stay there instead of failing a copy
     model = open_clip.create_model(model_name, pretrained=pretrained, pretrained_text=False,
-                                   device=torch.get_default_device(), **kwargs)
+                                   device=None, **kwargs)
     return model.visual
 
 
