@@ -74,7 +74,7 @@ def test_local_multirun_of_two_process_cells(data_dir, tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     cells = sorted(p.parents[2].name for p in tmp_path.glob("easyvqa/*/base/sft/checkpoint"))
-    assert cells == ["tiny_siglip__mlp2x_gelu__tiny_llama__seed0", "tiny_siglip__mlp2x_gelu__tiny_qwen2__seed0"]
+    assert cells == ["tiny_siglip__pixel_shuffle_mlp__tiny_llama__seed0", "tiny_siglip__pixel_shuffle_mlp__tiny_qwen2__seed0"]
     # rank 1 of each cell logged under its own name, once per cell: no rank re-ran the sweep
     assert len(list(tmp_path.glob("easyvqa/*/base/train_ddp_process_1.log"))) == 2
     assert len(list(tmp_path.glob("easyvqa/*/base/run.json"))) == 2

@@ -213,4 +213,4 @@ def test_a_multirun_over_a_non_choice_axis_needs_a_tag(data_dir, tmp_path):
     done = subprocess.run(tagged, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.parents[1].name for p in tmp_path.glob("easyvqa/*/demo/run.json")} >= {
-        "tiny_clip__mlp2x_gelu__tiny_llama__seed0_lr0.1", "tiny_clip__mlp2x_gelu__tiny_llama__seed0_lr0.2"}
+        "tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0_lr0.1", "tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0_lr0.2"}

@@ -60,7 +60,8 @@ def with_local_weights(local_weights, monkeypatch):
 @pytest.mark.parametrize("vision", sorted(TOWERS))
 def test_paper_configs_build_from_local_folders_and_train_a_step(llm, vision, with_local_weights, data_dir, tmp_path):
     cfg = compose_config("train", runs_dir=tmp_path, overrides=[f"paths.data_dir={data_dir}", f"llm={llm}",
-                                                                f"vision={vision}", "recipe=base"])
+                                                                f"vision={vision}", "recipe=base",
+                                                                "connector=mlp2x_gelu"])  # the paper's connector
     assert cfg.llm.pretrained == with_local_weights[LLMS[llm][0]]
     stage = cfg.recipe.stages.sft
     module = LMMTrainModule(model_spec(cfg), stage.tune, stage.optim)

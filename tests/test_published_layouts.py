@@ -61,7 +61,7 @@ def test_published_layouts_train_both_stages(data, build, data_dir, tmp_path):
         "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "callbacks.samples.num_samples=1",
         "evaluate=false"])
     out = train(cfg)
-    run = tmp_path / "runs" / data / "tiny_clip__mlp2x_gelu__tiny_llama__seed0/base"
+    run = tmp_path / "runs" / data / "tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0/base"
     assert out["checkpoint"] == str(run / "sft/checkpoint") and (run / "pretrain/checkpoint/model.safetensors").is_file()
     assert out["results"] is None  # evaluate=false: this test is about the data layouts
     import csv

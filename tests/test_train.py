@@ -28,13 +28,13 @@ def compose_train(data_dir, runs_dir, *overrides):
 def test_two_stage_fit_chains_checkpoints_and_freezes(data_dir, tmp_path):
     cfg = compose_train(data_dir, tmp_path, "recipe=base", "evaluate=false")
     out = train(cfg)
-    run = tmp_path / "easyvqa/tiny_clip__mlp2x_gelu__tiny_llama__seed0/base"
+    run = tmp_path / "easyvqa/tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0/base"
     pre, sft = run / "pretrain/checkpoint", Path(out["checkpoint"])
     assert sft == run / "sft/checkpoint"
     info = json.loads((run / "run.json").read_text())
-    assert info["choices"] == {"vision": "tiny_clip", "connector": "mlp2x_gelu", "llm": "tiny_llama",
+    assert info["choices"] == {"vision": "tiny_clip", "connector": "pixel_shuffle_mlp", "llm": "tiny_llama",
                                "recipe": "base", "data": "easyvqa"}
-    assert info["name"] == "tiny_clip__mlp2x_gelu__tiny_llama__seed0/base" and "llm=tiny_llama" in info["tags"]
+    assert info["name"] == "tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0/base" and "llm=tiny_llama" in info["tags"]
     w_pre, w_sft = load_file(pre / "model.safetensors"), load_file(sft / "model.safetensors")
     vision = [k for k in w_pre if k.startswith("vision.")]
     connector = [k for k in w_pre if k.startswith("connector.")]
@@ -105,7 +105,7 @@ def test_unknown_choices_list_the_valid_ones(data_dir, tmp_path):
 def test_runner_resumes_a_killed_stage_and_skips_finished_ones(data_dir, tmp_path):
     from tests.test_resume import Killed
 
-    run = tmp_path / "easyvqa/tiny_clip__mlp2x_gelu__tiny_llama__seed0/base"
+    run = tmp_path / "easyvqa/tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0/base"
     common = ["recipe=base", "evaluate=false", "checkpoint_every=1", "callbacks.samples.num_samples=0",
               "recipe.stages.pretrain.global_batch_size=4"]
     kill = ["+callbacks.kill._target_=tests.test_resume.KillAt", "+callbacks.kill.epoch=0", "+callbacks.kill.batch_idx=2"]

@@ -58,9 +58,9 @@ def test_offline_wandb_runs_record_names_groups_tags_metrics_and_samples(data_di
     assert set(runs) == {"pretrain", "sft"}  # one W&B run per stage
     for stage, s in runs.items():
         run = s["run"]
-        assert run.display_name == f"tiny_clip__mlp2x_gelu__tiny_llama__seed0/base/{stage}"
+        assert run.display_name == f"tiny_clip__pixel_shuffle_mlp__tiny_llama__seed0/base/{stage}"
         assert run.run_group == "tiny_sweep"
-        assert {"vision=tiny_clip", "connector=mlp2x_gelu", "llm=tiny_llama", "recipe=base", "data=easyvqa",
+        assert {"vision=tiny_clip", "connector=pixel_shuffle_mlp", "llm=tiny_llama", "recipe=base", "data=easyvqa",
                 "smoke"} <= set(run.tags)
         assert {"run", "recipe", "vision", "llm", "tune", "optim", "model"} <= s["config"]  # hyper-parameters
         assert {"train/loss", "train/lr", "train/tokens_per_s", "train/samples_per_s", "train/token_efficiency",
