@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lmm.eval.cli import check_benchmark_choices, run
+from lmm.secrets import check_overrides
 
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
@@ -18,5 +19,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # before Hydra saves the command line in the output folder
     check_benchmark_choices(sys.argv[1:])
     main()

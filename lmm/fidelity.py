@@ -1,6 +1,7 @@
 """python -m lmm.fidelity [llm=...] [data=...] [part=sft|pretrain] [n=1000]: does lmm feed the model
 what the reference pipelines would? Counts of input_ids / label mismatches against the reference
 procedure (lmm.data.fidelity), on your tokenizer and your data, before a long run."""
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -51,4 +52,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from lmm.secrets import check_overrides
+
+    check_overrides(sys.argv[1:])
     main()

@@ -6,6 +6,7 @@ import torch
 
 import lmm
 from lmm.data.tokenize import IMAGE_TOKEN_ID
+from lmm.model.checkpoint import write_manifest
 
 
 def batch(model):
@@ -16,7 +17,7 @@ def batch(model):
 
 def test_round_trip_gives_identical_logits(tiny_lmm, tmp_path):
     path = tiny_lmm.save_pretrained(tmp_path / "ckpt")
-    assert {p.name for p in path.iterdir()} == {"config.json", "model.safetensors", "tokenizer"}
+    assert {p.name for p in path.iterdir()} == {"config.json", "model.safetensors", "tokenizer", "manifest.json"}
     loaded = lmm.load(path)
     ids, pixels = batch(tiny_lmm)
     assert torch.equal(tiny_lmm(ids, pixels).logits, loaded(ids, pixels).logits)
@@ -41,6 +42,7 @@ def test_load_refuses_code_outside_lmm(tiny_lmm, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["connector"]["_target_"] = "os.system"
     (path / "config.json").write_text(json.dumps(config))
+    write_manifest(path)  # a consistent folder: the refusal must come from the spec check itself
     with pytest.raises(ValueError, match="inside the lmm package"):
         lmm.load(path)
 

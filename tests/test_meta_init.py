@@ -99,10 +99,13 @@ def test_lmm_load_builds_on_meta_with_no_random_init(tiny_lmm, tmp_path, monkeyp
 def test_a_checkpoint_that_misses_a_weight_is_an_error(tiny_lmm, tmp_path):
     from safetensors.torch import save_file
 
+    from lmm.model.checkpoint import write_manifest
+
     path = tiny_lmm.save_pretrained(tmp_path / "ckpt")
     state = load_file(path / "model.safetensors")
     state.pop("connector.0.weight")
     save_file(state, str(path / "model.safetensors"))
+    write_manifest(path)  # a finished folder whose weights do not fit
     with pytest.raises(ValueError, match="connector.0.weight"):
         lmm.load(path)
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmm.eval.report import log_results
 from lmm.eval.run import evaluate_checkpoint
 from lmm.model.spec import build, to_plain
+from lmm.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def make_logger(cfg: DictConfig, checkpoint: Path, out_dir: Path):
     if not str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
         extra = {}
     logger = instantiate(cfg.logger, save_dir=str(out_dir), name=name, **extra)
-    logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": info or {}})
+    logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "run": info or {}}))
     return logger
 
 
@@ -85,6 +86,10 @@ def run(cfg: DictConfig) -> dict | None:
     multi = cfg.devices not in (1, "1")
     fabric = L.Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if multi else "auto")
     fabric.launch()  # devices > 1: starts the other processes (each runs this command) and the process group
+    if fabric.global_rank == 0:
+        from lmm.train.run import scrub_hydra_config
+
+        scrub_hydra_config()
     prepare_data(cfg.benchmark, cfg.paths.data_dir)
     out_dir = Path(cfg.output_dir)
     summary = evaluate_checkpoint(checkpoint, cfg.benchmark, out_dir,

@@ -1,22 +1,34 @@
-"""Self-describing checkpoints: config.json (component specs) + model.safetensors + tokenizer/.
+"""Self-describing checkpoints: config.json (component specs) + model.safetensors + tokenizer/ +
+manifest.json (every file's size and sha256, written last).
 
 `load` rebuilds the architecture from the specs alone (no download, no pickle, no remote code:
-specs may only name classes inside `lmm`) and then loads the weights strictly.
+specs may only name classes inside `lmm`) and then loads the weights strictly. Whoever reads a
+checkpoint (`load`, a stage's `init`, `resume`) verifies it against its manifest first: a folder
+without one, or whose files differ from it, was not finished and is refused, naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import logging
 import shutil
-import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer"
+from lmm.files import replace_dir, temp_dir_beside
+
+log = logging.getLogger(__name__)
+
+CONFIG, WEIGHTS, TOKENIZER, MANIFEST = "config.json", "model.safetensors", "tokenizer", "manifest.json"
 FORMAT = "lmm-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: manifest.json; version 1 folders (no manifest) load with a warning, unverified
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is incomplete or differs from its manifest; the message names the file."""
 
 
 def save_pretrained(model, path) -> Path:
@@ -24,26 +36,92 @@ def save_pretrained(model, path) -> Path:
 
 
 def write_checkpoint(path, spec: dict, state: dict[str, torch.Tensor], tokenizer) -> Path:
-    """config.json + model.safetensors + tokenizer/, written into a temporary folder beside `path`
-    and renamed into place: a kill leaves the old checkpoint or the new one, never half of one,
-    and a model memory-mapped from the old file (lmm.load) keeps its pages."""
+    """config.json + model.safetensors + tokenizer/ + manifest.json (last), written into a temporary
+    folder beside `path`, fsynced and renamed into place: a kill leaves the old checkpoint or the
+    new one, never half of one, and a model memory-mapped from the old file (lmm.load) keeps its pages."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir_beside(path)
     try:
         config = {"format": FORMAT, "version": VERSION, **spec}
         config["llm"] = {**config["llm"], "tokenizer": TOKENIZER}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_file(_unshared(state), str(tmp / WEIGHTS), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp / TOKENIZER)
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        write_manifest(tmp)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def sha256(path: Path, block: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):  # hashlib releases the GIL on large blocks: runs beside a load
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder) -> Path:
+    folder = Path(folder)
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256(folder / name)} for name in _files(folder)}
+    (folder / MANIFEST).write_text(json.dumps({"format": "lmm-manifest", "files": files}, indent=1))
+    return folder / MANIFEST
+
+
+def verify(path, hashes: bool = True) -> None:
+    """Raise CheckpointError (one line, naming the file) unless `path` is a finished checkpoint: its
+    manifest present, every file it lists present with the listed size (and sha256 when `hashes`),
+    and no weights file it does not list. Version 1 folders (before manifests) pass with a warning."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        if (path / CONFIG).is_file() and _version(path) == 1:
+            log.warning("%s has no %s (written before lmm checkpoint version 2): not verified", path, MANIFEST)
+            return
+        raise CheckpointError(f"{manifest}: missing; {path} is not a finished lmm checkpoint (interrupted write?)")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest}: unreadable ({type(e).__name__}: {e})") from None
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (listed in {manifest})")
+        if file.stat().st_size != entry["size"]:
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {entry['size']} in {manifest} (truncated or replaced)")
+        if hashes and sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{file}: sha256 differs from {manifest} (corrupted or replaced)")
+    if WEIGHTS not in files:
+        raise CheckpointError(f"{path / WEIGHTS}: not listed in {manifest}")
+
+
+def verify_in_background(path) -> Future:
+    """verify(path) in a thread: the hashing overlaps the load that reads the same pages."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmm-verify")
+    future = pool.submit(verify, path)
+    pool.shutdown(wait=False)
+    return future
+
+
+def is_finished(path) -> tuple[bool, str]:
+    """(True, "") for a verified checkpoint, else (False, why): for resume, which redoes the work."""
+    try:
+        verify(path)
+    except CheckpointError as e:
+        return False, str(e)
+    return True, ""
+
+
+def _version(path: Path) -> int:
+    try:
+        return int(json.loads((path / CONFIG).read_text()).get("version", 1))
+    except (ValueError, OSError):
+        return 0
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,9 +141,12 @@ def read_config(path) -> dict:
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise FileNotFoundError(f"{path} is not an lmm checkpoint: no {CONFIG} (made by LMM.save_pretrained)")
-    config = json.loads((path / CONFIG).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG} is not an lmm checkpoint config (format={config.get('format')!r})")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path / CONFIG} is not an lmm checkpoint config (format={config.get('format') if isinstance(config, dict) else None!r})")
     if config.get("version", 0) > VERSION:
         raise ValueError(f"{path} was written by a newer lmm (checkpoint version {config['version']} > {VERSION})")
     return config
@@ -81,6 +162,7 @@ def load_weights(model, path, modules: list[str] | None = None) -> None:
     path = Path(path)
     if not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"no {WEIGHTS} in {path}: not an lmm checkpoint (made by LMM.save_pretrained)")
+    verify(path)
     source = load_file(str(path / WEIGHTS))
 
     def selected(key: str) -> bool:
@@ -101,15 +183,21 @@ def load_weights(model, path, modules: list[str] | None = None) -> None:
             target[key].copy_(value)
 
 
-def load(path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """`lmm.load(path)`: an LMM in eval mode, ready for `.chat(image, text)`."""
+def load(path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, verify_hashes: bool = True):
+    """`lmm.load(path)`: an LMM in eval mode, ready for `.chat(image, text)`. The folder is checked
+    against its manifest: sizes first, sha256 in a thread beside the load (`verify_hashes=False`
+    skips the hashes)."""
     from lmm.model.lazy import load_on_meta
 
     path = Path(path)
     config = read_config(path)
+    verify(path, hashes=False)  # an incomplete folder fails here, before anything is built
+    hashed = verify_in_background(path) if verify_hashes and _version(path) > 1 else None
     config["llm"]["tokenizer"] = str(path / config["llm"]["tokenizer"])
     # Built on the meta device and given the file's tensors (memory-mapped): no random init, no copy.
     model = load_on_meta({k: config[k] for k in ("vision", "connector", "llm")}, path)
+    if hashed is not None:
+        hashed.result()  # raises the CheckpointError, if any
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()

@@ -10,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmm.eval.cli import check_benchmark_choices
+from lmm.secrets import check_overrides
 from lmm.train.run import train
 
 # What Lightning's process launcher leaves in the launching process's environment.
@@ -46,5 +47,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # before Hydra saves the command line in the run folder
     check_benchmark_choices(sys.argv[1:])
     main()

@@ -9,6 +9,7 @@ a grid never collides and later stages and recipes find earlier checkpoints by p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -24,9 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.templates import stage_template
-from lmm.model.checkpoint import load_weights, write_checkpoint
+from lmm.files import clean_leftovers, write_text
+from lmm.model.checkpoint import is_finished, load_weights, verify, write_checkpoint
 from lmm.model.spec import build, to_plain
+from lmm.secrets import redact, scrub_hydra_dir
+from lmm.train.checkpoint_io import AtomicCheckpointIO, resumable
 from lmm.train.module import LMMTrainModule
+from lmm.train.preflight import probe_write, run_folder_lock, stage_write_bytes
 from lmm.train.tuning import has_lora, merged_lora_state
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,7 @@ def check_init(stage_name: str, init) -> dict | None:
             f"stage {stage_name!r} starts from {path}, which holds no checkpoint. Run the stage that writes it "
             f"first (same grid cell; for the share recipe, the base recipe's pretrain), or set "
             f"recipe.stages.{stage_name}.init.checkpoint")
+    verify(path)  # an interrupted or corrupted export: one line naming the file
     return {"checkpoint": str(path), "modules": list(init.modules) if init.get("modules") else None}
 
 
@@ -135,7 +141,7 @@ def make_logger(cfg: DictConfig, info: dict, stage: str, run_dir: Path):
     else:
         logger = instantiate(cfg.logger, save_dir=str(run_dir), name=stage)
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger.log_hyperparams({**config, "run": info, "stage": stage})
+    logger.log_hyperparams(redact({**config, "run": info, "stage": stage}))  # W&B config, hparams.yaml
     return logger
 
 
@@ -146,6 +152,9 @@ def make_strategy(spec, world_size: int):
     if not isinstance(spec, DictConfig):
         return spec
     spec = to_plain(spec)
+    if spec["_target_"] == "lightning.pytorch.strategies.ModelParallelStrategy":
+        # the same strategy, with its distributed checkpoint folder written atomically
+        spec["_target_"] = "lmm.train.checkpoint_io.AtomicModelParallelStrategy"
     if spec["_target_"].endswith("ModelParallelStrategy") and spec.get("data_parallel_size") == "auto":
         tp = spec.get("tensor_parallel_size", 1)
         if tp == "auto" or world_size % tp:
@@ -191,6 +200,11 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     datamodule.setup("fit", rank=0, world=world_size)  # lengths and plan: the token modes size accumulation from it
     accumulate = stage_accumulation(stage.global_batch_size, datamodule, world_size)
     stage_dir = run_dir / name
+    if rank_zero_only.rank == 0:  # what a killed run left half-written; then room for what this stage writes
+        for folder in (stage_dir, stage_dir / "lightning"):
+            for leftover in clean_leftovers(folder):
+                log.info("stage %s: removed %s, left by an interrupted write", name, leftover)
+        probe_write(stage_dir, stage_write_bytes(module.model), f"stage {name!r}")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning checkpoints (for resuming) in the stage folder
         callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True,
@@ -204,10 +218,11 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
         use_distributed_sampler=False,  # the datamodule's plan already splits the data over ranks
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # last.ckpt written beside, fsynced, renamed (lmm/train/checkpoint_io.py)
         default_root_dir=str(stage_dir),
     )
-    last = stage_dir / "lightning" / "last.ckpt"
-    resume_from = str(last) if cfg.get("resume") and last.exists() else None  # a folder under FSDP2
+    last = resumable(stage_dir / "lightning" / "last.ckpt", rank_zero_only.rank) if cfg.get("resume") else None
+    resume_from = str(last) if last else None  # a folder under FSDP2
     if resume_from:
         log.info("stage %s: resuming from %s", name, resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -237,6 +252,15 @@ def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logg
     return summary
 
 
+def scrub_hydra_config() -> None:
+    """A secret from a YAML file reached Hydra's saved config: redact it there (lmm/secrets.py)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().runtime.get("output_dir"):
+        for path in scrub_hydra_dir(HydraConfig.get().runtime.output_dir):
+            log.warning("redacted a secret in %s (use the *_env options for keys)", path)
+
+
 def train(cfg: DictConfig) -> dict:
     """Returns {"checkpoint": path of the last stage's checkpoint, "results": the evaluation summary
     (lmm.eval.run.evaluate_model; None when not evaluated or not rank zero)}."""
@@ -248,17 +272,29 @@ def train(cfg: DictConfig) -> dict:
         Path(cfg.paths.data_dir).mkdir(parents=True, exist_ok=True)
         with FileLock(str(Path(cfg.paths.data_dir) / f".{cfg.data.name}.prepare.lock")):
             build(cfg.data.prepare)
+    # One run per folder: rank 0 holds the lock (the job's other ranks are started by it, or by the
+    # same launcher, and must not be refused).
+    with run_folder_lock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        return _train_stages(cfg, run_dir, info)
+
+
+def _train_stages(cfg: DictConfig, run_dir: Path, info: dict) -> dict:
     check_run_folder(run_dir, info, cfg.run.get("overwrite"))
     if rank_zero_only.rank == 0:  # before training, so a crashed run is still identifiable
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        write_text(run_dir / "run.json", json.dumps(redact(info), indent=2))
+        scrub_hydra_config()
     checkpoint, trainer, logger = None, None, None
     for name in cfg.run_stages:
         done = run_dir / name / "checkpoint"
-        if cfg.get("resume") and (done / "model.safetensors").is_file():
-            log.info("stage %s: finished earlier (%s), not run again (resume=true)", name, done)
-            checkpoint = done
-            continue
+        if cfg.get("resume"):
+            finished, why = is_finished(done)
+            if finished:
+                log.info("stage %s: finished earlier (%s), not run again (resume=true)", name, done)
+                checkpoint = done
+                continue
+            if done.exists():  # an interrupted export: redo it (from last.ckpt, or by training again)
+                log.warning("stage %s: its checkpoint is not finished (%s); redoing the stage from its last "
+                            "Lightning checkpoint", name, why)
         if logger is not None and isinstance(logger, WandbLogger):
             logger.experiment.finish()  # one W&B run per stage
         checkpoint, trainer, logger = fit_stage(cfg, name, run_dir, info)
