@@ -66,19 +66,29 @@ def length_batches(lengths: Sequence[int], images: Sequence[int], batch_size: in
 
 @torch.no_grad()
 def generate_answers(model, requests: Sequence[Request], batch_size: int = 32, max_new_tokens: int = 16,
-                     num_workers: int = 0, progress: bool = True, desc: str = "generating", **gen) -> list[str]:
-    """One stripped answer per request, in request order."""
+                     num_workers: int = 0, progress: bool = True, desc: str = "generating", cache=None,
+                     **gen) -> list[str]:
+    """One stripped answer per request, in request order. `cache` (lmm.eval.answer_cache.AnswerCache):
+    batches it fully answers are not generated again, and each generated batch is added to it."""
     if not requests:
         return []
     device = next(model.parameters()).device
     prompts = [model.prompt_ids(r.prompt, len(r.images)) for r in requests]
     batches = length_batches([len(p) for p in prompts], [len(r.images) for r in requests], batch_size)
+    answers: list[str | None] = [None] * len(requests)
+    if cache is not None:  # the plan is the same as without a cache: only whole batches are skipped
+        cached = {j: cache.get(requests[j]) for order in batches for j in order}
+        for j, text in cached.items():
+            answers[j] = text
+        batches = [order for order in batches if any(cached[j] is None for j in order)]
     data = _Batches(requests, prompts, batches, model.image_transform, model.tokenizer.pad_token_id)
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)
-    answers: list[str | None] = [None] * len(requests)
     for order, ids, mask, pixels in tqdm(loader, desc=desc, disable=not progress):
         pixels = pixels.to(device) if pixels is not None else None
         new = model.generate(ids.to(device), pixels, mask.to(device), max_new_tokens=max_new_tokens, **gen)
-        for j, text in zip(order, model.tokenizer.batch_decode(new, skip_special_tokens=True)):
-            answers[j] = text.strip()
+        texts = [t.strip() for t in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for j, text in zip(order, texts):
+            answers[j] = text
+        if cache is not None:
+            cache.put([(requests[j], text) for j, text in zip(order, texts)])
     return answers

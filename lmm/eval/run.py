@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lmm.eval.answer_cache import AnswerCache, fingerprint
 from lmm.eval.benchmark import Benchmark, Request, check_convention
 from lmm.eval.generate import generate_answers
+from lmm.files import atomic_file, write_text
 from lmm.model.spec import build, to_plain
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Settings:
     dtype: str | None = "auto"         # auto | fp32 | bf16 | fp16 (see resolve_dtype)
     generate: dict = field(default_factory=dict)  # extra keyword arguments of LMM.generate
     convention: str = "llava"          # llava (LLaVA-1.5's scripts, the paper's) | lmms_eval (lmms-eval 0.7.3)
+    resume: bool = False               # reuse the answers a killed evaluation of the same checkpoint kept
 
 
 def settings_from(cfg: Mapping | None) -> Settings:
@@ -107,7 +110,7 @@ def _check_keys(name: str, requests: list[Request]) -> None:
 
 
 def _write_jsonl(path: Path, rows) -> None:
-    with path.open("w") as f:
+    with atomic_file(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
 
@@ -129,8 +132,10 @@ def _read_answers(path: Path, requests: list[Request]) -> dict[str, str]:
     return {r.key: rows[r.key]["answer"] for r in requests}
 
 
-def run_benchmark(model, bench: Benchmark, out_dir: Path, settings: Settings, rank: int, world: int) -> dict | None:
-    """Generates this rank's share; on rank zero returns the metrics (other ranks: None)."""
+def run_benchmark(model, bench: Benchmark, out_dir: Path, settings: Settings, rank: int, world: int,
+                  model_id: str | None = None) -> dict | None:
+    """Generates this rank's share; on rank zero returns the metrics (other ranks: None). With a
+    `model_id` (the weights' hash) answers are kept as they come (lmm/eval/answer_cache.py)."""
     requests = bench.requests()
     _check_keys(bench.name, requests)
     bench_dir = out_dir / bench.name
@@ -139,9 +144,20 @@ def run_benchmark(model, bench: Benchmark, out_dir: Path, settings: Settings, ra
         answers = _read_answers(bench_dir / "answers.jsonl", requests)
     else:
         mine = requests[rank::world]
-        texts = generate_answers(model, mine, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                                 max_new_tokens=settings.max_new_tokens or bench.max_new_tokens,
-                                 progress=settings.progress and rank == 0, desc=bench.name, **settings.generate)
+        max_new = settings.max_new_tokens or bench.max_new_tokens
+        cache = None
+        if model_id is not None:
+            param = next(model.parameters())
+            key = fingerprint(model=model_id, max_new_tokens=max_new, generate=settings.generate, world=world,
+                              batch_size=settings.batch_size, dtype=str(param.dtype), device=param.device.type)
+            cache = AnswerCache(bench_dir, rank, key, settings.resume)
+        try:
+            texts = generate_answers(model, mine, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                                     max_new_tokens=max_new, progress=settings.progress and rank == 0,
+                                     desc=bench.name, cache=cache, **settings.generate)
+        finally:
+            if cache is not None:
+                cache.close()
         answers = gather_answers({r.key: t for r, t in zip(mine, texts)}, requests, world)
     seconds = time.perf_counter() - start
     if rank != 0:
@@ -197,7 +213,7 @@ def format_table(rows: list[tuple[str, ...]], header=TABLE_HEADER) -> str:
 
 
 def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: Settings | Mapping | None = None,
-                   checkpoint: str | None = None) -> dict | None:
+                   checkpoint: str | None = None, model_id: str | None = None) -> dict | None:
     """Score `model` on every benchmark. Every rank calls this (the requests are split over the
     process group when one is initialised); rank zero writes the files and returns
     {"checkpoint", "benchmarks": name -> metrics, "columns": name -> {label: value}, "notes": name -> text,
@@ -228,7 +244,7 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
     for name, (bench, options) in built.items():
         if name in skipped:
             continue
-        metrics = run_benchmark(model, bench, out_dir, settings, rank, world)
+        metrics = run_benchmark(model, bench, out_dir, settings, rank, world, model_id)
         if rank == 0:
             results[name] = metrics
             cells = bench.columns(metrics)
@@ -238,14 +254,14 @@ def evaluate_model(model, benchmarks: Mapping[str, Mapping], out_dir, settings: 
             columns[name] = cells
             notes[name] = "; ".join(filter(None, [_fallback_note(bench, settings.convention), bench.notes(metrics)]))
             metrics["convention"] = conventions[name]
-            (out_dir / f"{name}_results.json").write_text(
-                json.dumps({"benchmark": name, "checkpoint": checkpoint, **metrics}, indent=2))
+            write_text(out_dir / f"{name}_results.json",
+                       json.dumps({"benchmark": name, "checkpoint": checkpoint, **metrics}, indent=2))
     model.train(was_training)
     if rank != 0:
         return None
     summary = {"checkpoint": checkpoint, "convention": settings.convention, "conventions": conventions,
                "benchmarks": results, "columns": columns, "notes": notes, "skipped": skipped}
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    write_text(out_dir / "results.json", json.dumps(summary, indent=2))
     summary["table"] = format_table(table_rows(results, columns, notes, conventions))
     return summary
 
@@ -270,9 +286,10 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
 def evaluate_checkpoint(checkpoint, benchmarks: Mapping[str, Mapping], out_dir, settings: Mapping | None = None,
                         device: str | torch.device | None = None) -> dict | None:
     """Load an lmm checkpoint on `device` and score it (see `evaluate_model`)."""
-    from lmm.model.checkpoint import load
+    from lmm.model.checkpoint import load, weights_sha256
 
     settings = settings_from(settings)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load(checkpoint, device=device, dtype=resolve_dtype(settings.dtype, device))
-    return evaluate_model(model, benchmarks, out_dir, settings, checkpoint=str(checkpoint))
+    return evaluate_model(model, benchmarks, out_dir, settings, checkpoint=str(checkpoint),
+                          model_id=weights_sha256(checkpoint))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmm import faults
 from lmm.files import replace_dir, temp_dir_beside
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def write_checkpoint(path, spec: dict, state: dict[str, torch.Tensor], tokenizer
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_file(_unshared(state), str(tmp / WEIGHTS), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp / TOKENIZER)
+        faults.reached("export")  # weights written, manifest not yet
         write_manifest(tmp)
         replace_dir(tmp, path)
     finally:
@@ -100,6 +102,12 @@ def verify(path, hashes: bool = True) -> None:
         raise CheckpointError(f"{path / WEIGHTS}: not listed in {manifest}")
 
 
+def weights_sha256(path) -> str | None:
+    """The weights' sha256 from the manifest (None for a version 1 folder): who the answers are of."""
+    manifest = Path(path) / MANIFEST
+    return json.loads(manifest.read_text())["files"][WEIGHTS]["sha256"] if manifest.is_file() else None
+
+
 def verify_in_background(path) -> Future:
     """verify(path) in a thread: the hashing overlaps the load that reads the same pages."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmm-verify")
@@ -150,6 +158,20 @@ def read_config(path) -> dict:
     if config.get("version", 0) > VERSION:
         raise ValueError(f"{path} was written by a newer lmm (checkpoint version {config['version']} > {VERSION})")
     return config
+
+
+def check_tokenizer(path, tokenizer, what: str) -> None:
+    """The checkpoint's tokenizer must map every token to the same id as `tokenizer`: same-size
+    vocabularies of other tokenizers load without a shape error and train on garbage."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    theirs = AutoTokenizer.from_pretrained(str(path / TOKENIZER)).get_vocab()
+    ours = tokenizer.get_vocab()
+    if theirs != ours:
+        moved = sum(1 for token, i in ours.items() if theirs.get(token) != i) + len(theirs.keys() - ours.keys())
+        raise ValueError(f"{what}: the tokenizer of {path} does not match this run's ({len(theirs)} vs {len(ours)} "
+                         f"tokens, {moved} with another id); use the checkpoint's tokenizer, {path / TOKENIZER}")
 
 
 def load_weights(model, path, modules: list[str] | None = None) -> None:

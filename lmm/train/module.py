@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 
+from lmm import faults
 from lmm.model.lazy import build_on_meta
 from lmm.model.lmm import LMM
 from lmm.model.meta import buffers_snapshot
@@ -88,6 +89,7 @@ class LMMTrainModule(L.LightningModule):
         return self.device_mesh is not None
 
     def training_step(self, batch, batch_idx):
+        faults.reached("train_step")
         if batch["num_samples"] == 0:  # every record of the batch was skipped (counted by SkipMonitor)
             return None
         packed = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}

@@ -18,7 +18,6 @@ import lightning as L
 import torch
 from filelock import FileLock
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -26,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.templates import stage_template
 from lmm.files import clean_leftovers, write_text
-from lmm.model.checkpoint import is_finished, load_weights, verify, write_checkpoint
+from lmm.model.checkpoint import check_tokenizer, is_finished, load_weights, verify, write_checkpoint
 from lmm.model.spec import build, to_plain
 from lmm.secrets import redact, scrub_hydra_dir
-from lmm.train.checkpoint_io import AtomicCheckpointIO, resumable
+from lmm.train.checkpoint_io import AtomicCheckpointIO, StepCheckpoint, resumable
 from lmm.train.module import LMMTrainModule
 from lmm.train.preflight import probe_write, run_folder_lock, stage_write_bytes
 from lmm.train.tuning import has_lora, merged_lora_state
@@ -187,6 +186,8 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
                             init=init, meta_init=True)
     if init:
         log.info("stage %s: initialising %s from %s", name, init.get("modules") or "all modules", init["checkpoint"])
+        if init["modules"] is None or "llm" in init["modules"]:  # its embeddings are indexed by that tokenizer
+            check_tokenizer(init["checkpoint"], module.model.tokenizer, f"stage {name!r}")
     log.info("stage %s: trainable parameters %s", name, module.trainable)
     if stage.data not in cfg.data:
         raise ValueError(f"data config {cfg.data.name!r} has no {stage.data!r} part for stage {name!r}")
@@ -207,7 +208,7 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
         probe_write(stage_dir, stage_write_bytes(module.model), f"stage {name!r}")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning checkpoints (for resuming) in the stage folder
-        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True,
+        callbacks.append(StepCheckpoint(dirpath=stage_dir / "lightning", save_top_k=0, save_last=True,
                                          every_n_train_steps=cfg.get("checkpoint_every")))
     logger = make_logger(cfg, info, name, run_dir)
     trainer = instantiate(
@@ -243,8 +244,8 @@ def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logg
         return None
     prepare_data(cfg.benchmark, cfg.paths.data_dir)
     device = trainer.strategy.root_device if trainer is not None else None
-    summary = evaluate_checkpoint(checkpoint, cfg.benchmark, run_dir / "eval",
-                                  settings=cfg.evaluation, device=device)
+    settings = {**to_plain(cfg.evaluation), "resume": bool(cfg.get("resume"))}  # a resumed run resumes its evaluation
+    summary = evaluate_checkpoint(checkpoint, cfg.benchmark, run_dir / "eval", settings=settings, device=device)
     if summary is not None:
         print(f"evaluation of {checkpoint}\n{summary['table']}")
         if logger is not None:
