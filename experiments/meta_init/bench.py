@@ -103,7 +103,7 @@ def load(root: Path) -> None:
         module.configure_model()
         module.model.save_pretrained(ckpt)
     rows = []
-    for what in ("mmap", "pread", "lmm.load"):
+    for what in ("mmap", "pread", "lmm.load", "lmm.load-sizes"):
         out = subprocess.run([sys.executable, __file__, "_load_one", "--dir", str(root), "--what", what],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -121,13 +121,13 @@ def _load_one(root: Path, what: str) -> None:
 
     file = root / "lmm_checkpoint" / "model.safetensors"
     t0 = time.perf_counter()
-    if what == "lmm.load":
-        model = lmm.load(root / "lmm_checkpoint")
+    if what.startswith("lmm.load"):  # by default the manifest's sha256 is checked in a thread beside the load
+        model = lmm.load(root / "lmm_checkpoint", verify_hashes=what == "lmm.load")
         touched = sum(float(p.view(-1)[:: 1024].sum()) for p in model.parameters())  # every page
     else:
         state = load_file(str(file), backend=what)
         touched = sum(float(t.view(-1)[:: 1024].sum()) for t in state.values())
-    print(json.dumps({"what": what if what == "lmm.load" else f"safetensors load_file ({what}) + touch",
+    print(json.dumps({"what": what if what.startswith("lmm.load") else f"safetensors load_file ({what}) + touch",
                       "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(), "check": touched}))
 
 
