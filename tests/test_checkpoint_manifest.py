@@ -118,3 +118,22 @@ def test_atomic_file_keeps_the_old_content_when_the_block_fails(tmp_path):
         f.write("new, half")
         raise RuntimeError("killed")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_hashes_are_checked_once_until_a_file_changes(saved, monkeypatch):
+    calls = []
+    real = ckpt.sha256
+    monkeypatch.setattr(ckpt, "sha256", lambda p, *a: (calls.append(p.name), real(p, *a))[1])
+    verify(saved)
+    first = len(calls)
+    assert first == len(json.loads((saved / "manifest.json").read_text())["files"]) and (saved / ".verified").is_file()
+    verify(saved)
+    lmm.load(saved)
+    assert len(calls) == first  # same size, mtime and inode: not hashed again
+    weights = saved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        verify(saved)
+    assert ".verified" not in json.loads((saved / "manifest.json").read_text())["files"]

@@ -91,7 +91,7 @@ def start(root: Path, devices: int, meta_init: bool) -> None:
     trainer.fit(module, DataLoader([batch] * 4, batch_size=None))
 
 
-def load(root: Path) -> None:
+def load(root: Path, cold: bool = False) -> None:
     import subprocess
 
     ckpt = root / "lmm_checkpoint"
@@ -103,12 +103,15 @@ def load(root: Path) -> None:
         module.configure_model()
         module.model.save_pretrained(ckpt)
     rows = []
-    for what in ("mmap", "pread", "lmm.load", "lmm.load-sizes"):
+    for what in ("mmap", "pread", "lmm.load-first", "lmm.load", "lmm.load-sizes"):
+        if cold:  # every read from the disk (root only; the kernel's page cache emptied)
+            subprocess.run(["sync"], check=True)
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
         out = subprocess.run([sys.executable, __file__, "_load_one", "--dir", str(root), "--what", what],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     size = (ckpt / "model.safetensors").stat().st_size / 1e9
-    print(f"\n{size:.1f} GB model.safetensors, page cache warm\n")
+    print(f"\n{size:.1f} GB model.safetensors, page cache {'emptied before each' if cold else 'warm'}\n")
     print("| how | seconds | peak RSS GB |\n|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.1f} |")
@@ -121,8 +124,12 @@ def _load_one(root: Path, what: str) -> None:
 
     file = root / "lmm_checkpoint" / "model.safetensors"
     t0 = time.perf_counter()
-    if what.startswith("lmm.load"):  # by default the manifest's sha256 is checked in a thread beside the load
-        model = lmm.load(root / "lmm_checkpoint", verify_hashes=what == "lmm.load")
+    if what.startswith("lmm.load"):
+        # by default the manifest's sha256 is checked in a thread beside the load, the first time only
+        # (then the files' stat is remembered in .verified); "-first" forgets it, "-sizes" checks sizes only
+        if what == "lmm.load-first":
+            (root / "lmm_checkpoint" / ".verified").unlink(missing_ok=True)
+        model = lmm.load(root / "lmm_checkpoint", verify_hashes=what != "lmm.load-sizes")
         touched = sum(float(p.view(-1)[:: 1024].sum()) for p in model.parameters())  # every page
     else:
         state = load_file(str(file), backend=what)
@@ -138,13 +145,14 @@ def main():
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--no-meta-init", action="store_true")
     ap.add_argument("--what", default=None)
+    ap.add_argument("--cold", action="store_true", help="load: empty the page cache before each (needs root)")
     args = ap.parse_args()
     if args.command == "prepare":
         prepare(args.dir)
     elif args.command == "start":
         start(args.dir, args.devices, not args.no_meta_init)
     elif args.command == "load":
-        load(args.dir)
+        load(args.dir, args.cold)
     else:
         _load_one(args.dir, args.what)
 

@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmm import faults
-from lmm.files import replace_dir, temp_dir_beside
+from lmm.files import replace_dir, temp_dir_beside, write_text
 
 log = logging.getLogger(__name__)
 
 CONFIG, WEIGHTS, TOKENIZER, MANIFEST = "config.json", "model.safetensors", "tokenizer", "manifest.json"
+STAMP = ".verified"  # the files' stat when their hashes last matched: later reads skip the hashing
 FORMAT = "lmm-checkpoint"
 VERSION = 2  # 2: manifest.json; version 1 folders (no manifest) load with a warning, unverified
 
@@ -65,7 +66,7 @@ def sha256(path: Path, block: int = 1 << 24) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, STAMP))
 
 
 def write_manifest(folder) -> Path:
@@ -96,10 +97,33 @@ def verify(path, hashes: bool = True) -> None:
             raise CheckpointError(f"{file}: missing (listed in {manifest})")
         if file.stat().st_size != entry["size"]:
             raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {entry['size']} in {manifest} (truncated or replaced)")
-        if hashes and sha256(file) != entry["sha256"]:
-            raise CheckpointError(f"{file}: sha256 differs from {manifest} (corrupted or replaced)")
     if WEIGHTS not in files:
         raise CheckpointError(f"{path / WEIGHTS}: not listed in {manifest}")
+    if not hashes:
+        return
+    stat = _stat(path, files)
+    if _stamp(path) == stat:  # hashed before, and no file has changed since (size, mtime, inode)
+        return
+    for name, entry in files.items():
+        if sha256(path / name) != entry["sha256"]:
+            raise CheckpointError(f"{path / name}: sha256 differs from {manifest} (corrupted or replaced)")
+    try:
+        write_text(path / STAMP, json.dumps(stat))
+    except OSError:  # a read-only checkpoint is verified again on its next read
+        pass
+
+
+def _stat(path: Path, files: dict) -> dict:
+    manifest = (path / MANIFEST).stat()
+    stat = {name: [s.st_size, s.st_mtime_ns, s.st_ino] for name in files for s in [(path / name).stat()]}
+    return {"manifest": [manifest.st_size, manifest.st_mtime_ns, manifest.st_ino], "files": stat}
+
+
+def _stamp(path: Path) -> dict | None:
+    try:
+        return json.loads((path / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def weights_sha256(path) -> str | None:
