@@ -68,12 +68,6 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_file(path, "wb") as f:
-        f.write(data)
-    return Path(path)
-
-
 def temp_dir_beside(path: str | Path) -> Path:
     """An empty folder next to `path`, to be filled and then moved there by `replace_dir`."""
     path = Path(path)

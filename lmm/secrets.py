@@ -13,10 +13,13 @@ provider's key (OpenAI `sk-...`, Hugging Face `hf_...`), under whatever key.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 REDACTED = "REDACTED"
 NAMES = {"api_key", "apikey", "token", "access_token", "auth_token", "hf_token", "secret", "secret_key", "password",
@@ -86,6 +89,15 @@ def scrub_hydra_dir(output_dir: str | Path) -> list[Path]:
             write_text(path, yaml.safe_dump(clean, sort_keys=False))
             changed.append(path)
     return changed
+
+
+def scrub_hydra_config() -> None:
+    """Inside a Hydra job: redact a secret from a YAML file that reached Hydra's saved config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().runtime.get("output_dir"):
+        for path in scrub_hydra_dir(HydraConfig.get().runtime.output_dir):
+            log.warning("redacted a secret in %s (use the *_env options for keys)", path)
 
 
 def _redact_override(arg: Any) -> Any:

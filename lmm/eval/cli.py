@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmm.eval.report import log_results
 from lmm.eval.run import evaluate_checkpoint
 from lmm.model.spec import build, to_plain
-from lmm.secrets import redact
+from lmm.secrets import redact, scrub_hydra_config
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ def run(cfg: DictConfig) -> dict | None:
     fabric = L.Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if multi else "auto")
     fabric.launch()  # devices > 1: starts the other processes (each runs this command) and the process group
     if fabric.global_rank == 0:
-        from lmm.train.run import scrub_hydra_config
-
         scrub_hydra_config()
     prepare_data(cfg.benchmark, cfg.paths.data_dir)
     out_dir = Path(cfg.output_dir)

@@ -9,6 +9,7 @@ Output folder:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -145,19 +146,16 @@ def run_benchmark(model, bench: Benchmark, out_dir: Path, settings: Settings, ra
     else:
         mine = requests[rank::world]
         max_new = settings.max_new_tokens or bench.max_new_tokens
-        cache = None
+        cache = contextlib.nullcontext()
         if model_id is not None:
             param = next(model.parameters())
             key = fingerprint(model=model_id, max_new_tokens=max_new, generate=settings.generate, world=world,
                               batch_size=settings.batch_size, dtype=str(param.dtype), device=param.device.type)
             cache = AnswerCache(bench_dir, rank, key, settings.resume)
-        try:
+        with cache as kept:
             texts = generate_answers(model, mine, batch_size=settings.batch_size, num_workers=settings.num_workers,
                                      max_new_tokens=max_new, progress=settings.progress and rank == 0,
-                                     desc=bench.name, cache=cache, **settings.generate)
-        finally:
-            if cache is not None:
-                cache.close()
+                                     desc=bench.name, cache=kept, **settings.generate)
         answers = gather_answers({r.key: t for r, t in zip(mine, texts)}, requests, world)
     seconds = time.perf_counter() - start
     if rank != 0:

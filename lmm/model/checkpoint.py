@@ -177,8 +177,9 @@ def read_config(path) -> dict:
         config = json.loads((path / CONFIG).read_text())
     except ValueError as e:
         raise CheckpointError(f"{path / CONFIG}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG} is not an lmm checkpoint config (format={config.get('format') if isinstance(config, dict) else None!r})")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"{path / CONFIG} is not an lmm checkpoint config (format={found!r})")
     if config.get("version", 0) > VERSION:
         raise ValueError(f"{path} was written by a newer lmm (checkpoint version {config['version']} > {VERSION})")
     return config

@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from lmm.files import write_text
+from lmm.train.nonfinite import gather_ids
 
 
 class RecordLedger(L.Callback):
@@ -31,11 +31,7 @@ class RecordLedger(L.Callback):
         self.epochs, self.batches = dict(state_dict["epochs"]), dict(state_dict["batches"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        ids = [str(i) for i in batch.get("ids", ())]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, ids)
-            ids = [i for part in parts for i in part]
+        ids = gather_ids([str(i) for i in batch.get("ids", ())])
         epoch = str(trainer.current_epoch)
         self.epochs.setdefault(epoch, []).extend(ids)
         self.batches[epoch] = self.batches.get(epoch, 0) + 1

@@ -58,7 +58,7 @@ class NonFiniteGuard(L.Callback):
             pl_module.log("train/skipped_steps", float(self.skipped), reduce_fx="max")
             return
         optimizer.zero_grad(set_to_none=True)  # every rank: the step is skipped everywhere
-        ids = _all_ranks_ids(ids)
+        ids = gather_ids(ids)
         self.skipped += 1
         self.consecutive += 1
         self.skipped_ids.append(ids)
@@ -97,7 +97,8 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-def _all_ranks_ids(ids: list[str]) -> list[str]:
+def gather_ids(ids: list[str]) -> list[str]:
+    """Every rank's record ids, rank 0's first, on every rank (these ids alone outside a process group)."""
     if not _distributed():
         return ids
     gathered = [None] * torch.distributed.get_world_size()

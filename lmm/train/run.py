@@ -27,7 +27,7 @@ from lmm.data.templates import stage_template
 from lmm.files import clean_leftovers, write_text
 from lmm.model.checkpoint import check_tokenizer, is_finished, load_weights, verify, write_checkpoint
 from lmm.model.spec import build, to_plain
-from lmm.secrets import redact, scrub_hydra_dir
+from lmm.secrets import redact, scrub_hydra_config
 from lmm.train.checkpoint_io import AtomicCheckpointIO, StepCheckpoint, resumable
 from lmm.train.module import LMMTrainModule
 from lmm.train.preflight import probe_write, run_folder_lock, stage_write_bytes
@@ -251,15 +251,6 @@ def evaluate_run(cfg: DictConfig, checkpoint: Path, run_dir: Path, trainer, logg
         if logger is not None:
             log_results(logger, summary)
     return summary
-
-
-def scrub_hydra_config() -> None:
-    """A secret from a YAML file reached Hydra's saved config: redact it there (lmm/secrets.py)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized() and HydraConfig.get().runtime.get("output_dir"):
-        for path in scrub_hydra_dir(HydraConfig.get().runtime.output_dir):
-            log.warning("redacted a secret in %s (use the *_env options for keys)", path)
 
 
 def train(cfg: DictConfig) -> dict:
