@@ -150,6 +150,7 @@ def test_two_process_skip_is_collective(tokenizer_dir, tmp_path, strategy):
            "recipe=base", f"paths.data_dir={tmp_path / 'data'}", f"data.tokenizer={tokenizer_dir}", "run_stages=[sft]",
            "recipe.stages.sft.init=null", f"data.sft.annotations=[{ann}]", f"data.sft.image_root={tmp_path / 'data'}",
            "data.prepare=null", "data.loader.micro_batch_size=2", "data.loader.num_workers=0",
+           "data.loader.batching=random",  # the layout that puts record r6 on rank 1
            "data.loader.max_length=1024", "recipe.stages.sft.global_batch_size=4", "evaluate=false",
            "callbacks.samples.num_samples=0", "callbacks.nonfinite.max_fraction=0.5", "trainer.log_every_n_steps=1",
            "+callbacks.poison._target_=tests.test_nonfinite.PoisonRecord", "+callbacks.poison.record=r6",

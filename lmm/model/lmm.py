@@ -34,7 +34,7 @@ class LMM(nn.Module):
         """`on_meta`: components built with their parameters on the meta device, their weights to
         be read later (lmm.model.lazy); the others are built (and initialised or loaded) for real."""
         super().__init__()
-        self.always_run_vision = False  # set by the trainer when the tower is sharded (FSDP)
+        self.always_run_vision = False  # set by the trainer under FSDP2, and under DDP when the tower or connector trains
         # How a forward with labels computes its loss (plain attributes the trainer may set):
         # "chunked" (the head on the trained positions only, `loss_chunk_tokens` rows at a time) or
         # "liger" (Liger-Kernel's fused linear cross-entropy, CUDA only); see lmm/model/loss.py.
@@ -86,9 +86,9 @@ class LMM(nn.Module):
         text_embeds = self.llm.embed(text_ids)
         if not has_images and self.always_run_vision:
             # Under FSDP every rank must run the same sharded blocks in a step (their weights are
-            # gathered collectively): a text-only batch on one rank while another has images would
-            # hang or crash. One blank image goes through, joined to the graph with weight 0, so
-            # the backward's gradient reductions match too.
+            # gathered collectively), and DDP reduces every trained parameter's gradient: a text-only
+            # batch on one rank while another has images would hang or crash. One blank image goes
+            # through, joined to the graph with weight 0, so the backward's gradient reductions match too.
             size = self.vision.transform.image_size
             blank = self.encode_images(torch.zeros(1, 3, size, size, device=text_embeds.device))
             text_embeds = text_embeds + 0 * blank.sum().to(text_embeds.dtype)

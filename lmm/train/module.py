@@ -69,6 +69,15 @@ class LMMTrainModule(L.LightningModule):
             else:
                 self._shard_and_load(sources, options)
             self.model.always_run_vision = True  # text-only batches must gather the tower's shards too
+        elif self._world_size() > 1 and any(p.requires_grad for m in (self.model.vision, self.model.connector)
+                                            for p in m.parameters()):
+            # DDP reduces every trained parameter's gradient each step: a text-only batch (length-
+            # grouped batching keeps them apart) would leave the connector without one and stop the run
+            self.model.always_run_vision = True
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "_trainer", None)  # None when configured outside a Trainer
+        return trainer.world_size if trainer is not None else 1
 
     def _shard_and_load(self, sources, options):
         """Meta init under FSDP2: shard the (meta) model, give every rank its empty shards, then fill
