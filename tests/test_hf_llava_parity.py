@@ -42,14 +42,24 @@ def test_logits_match_transformers_llava(hf_llava, tokenizer_dir):
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
 
 
-def test_siglip_llava_with_cls_dropping_strategy_is_refused(tokenizer_dir):
-    from transformers import SiglipVisionConfig
+def test_siglip_llava_that_drops_the_first_token_imports_with_drop_first(tokenizer_dir):
+    """'default' on a tower without CLS drops a real patch (as TinyLLaVA_Factory's SigLIP models do):
+    imported faithfully, with the same logits."""
+    from transformers import AutoTokenizer, SiglipVisionConfig
 
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    torch.manual_seed(0)
     config = LlavaConfig(vision_config=SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32,
                                                           intermediate_size=64, num_hidden_layers=2,
                                                           num_attention_heads=2),
                          text_config=LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
-                                                 num_attention_heads=4, vocab_size=400),
-                         vision_feature_select_strategy="default")
-    with pytest.raises(ValueError, match="drop a real patch"):
-        LMM.from_hf_llava(LlavaForConditionalGeneration(config), tokenizer=tokenizer_dir)
+                                                 num_attention_heads=4, vocab_size=vocab + 1),
+                         image_token_id=vocab, vision_feature_select_strategy="default", vision_feature_layer=-1)
+    hf = LlavaForConditionalGeneration(config).eval()
+    ours = LMM.from_hf_llava(hf, tokenizer=tokenizer_dir)
+    assert ours.vision.feature_select == "drop_first" and ours.num_visual_tokens == 15
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor([[1, 40] + [vocab] * 15 + [41]]), pixel_values=pixels).logits
+        got = ours(torch.tensor([[1, 40, IMAGE_TOKEN_ID, 41]]), pixels).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)

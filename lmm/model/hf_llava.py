@@ -45,16 +45,20 @@ def from_hf_llava(model_or_path, tokenizer: str | None = None, template=None):
     if not isinstance(cfg.vision_feature_layer, int):
         raise ValueError(f"only a single vision_feature_layer is supported, got {cfg.vision_feature_layer!r}")  # noqa: TRY004 (a list is a valid value lmm does not support)
     has_cls = hasattr(hf.model.vision_tower.embeddings, "class_embedding")
-    if cfg.vision_feature_select_strategy == "default" and not has_cls:
-        raise ValueError("this LLaVA config drops the first visual token ('default' strategy) but its tower has no "
-                         "CLS token, so it would drop a real patch; lmm keeps all patches of such towers")
+    # 'default' drops the first token; on a tower without CLS (SigLIP) that is a real patch, which
+    # lmm's "drop_first" reproduces (TinyLLaVA_Factory's published models were trained that way)
+    select = {("default", True): "patch", ("default", False): "drop_first", ("full", True): "cls_patch",
+              ("full", False): "patch"}.get((cfg.vision_feature_select_strategy, has_cls))
+    if select is None:
+        raise ValueError(f"unknown vision_feature_select_strategy {cfg.vision_feature_select_strategy!r}; "
+                         f"valid: ['default', 'full']")
     if cfg.projector_hidden_act not in ACTIVATIONS:
         raise ValueError(f"unsupported projector activation {cfg.projector_hidden_act!r}; valid: {sorted(ACTIVATIONS)}")
     vision = {
         "_target_": "lmm.model.vision.HFVisionEncoder",
         "hf_config": cfg.vision_config.to_dict(),
         "feature_layer": cfg.vision_feature_layer,
-        "feature_select": "cls_patch" if (cfg.vision_feature_select_strategy == "full" and has_cls) else "patch",
+        "feature_select": select,
     }
     connector = {"_target_": "lmm.model.connector.MLPConnector", "depth": 2,
                  "act": ACTIVATIONS[cfg.projector_hidden_act], "bias": cfg.multimodal_projector_bias}

@@ -14,8 +14,8 @@ How lmm's choices become Llava's:
 * The tower is stored cut after its feature layer (as lmm keeps it), so `vision_feature_layer` is
   -1. Its final norm, which Llava never reads, is stored as the identity; SigLIP's pooling head is
   switched off (`vision_use_head: false`).
-* `feature_select: patch` on a CLIP tower drops the CLS token: Llava's "default" strategy. Every
-  other case keeps all tokens ("full"); a SigLIP tower has no CLS token to drop.
+* `feature_select: patch` on a CLIP tower drops the CLS token, `drop_first` the first token on any
+  tower: Llava's "default" strategy. Every other case keeps all tokens ("full").
 * `<image>` becomes a token. When the LLM's embedding matrix has no spare row for it, one row is
   added to the input embeddings and the LM head, each the mean of the others: Llava replaces that
   token's embeddings with the image's features, and a mean head row gives the mean logit, which is
@@ -153,11 +153,11 @@ def llava_parts(model):
     vision_config = vision.tower.config.to_dict()  # cut after the feature layer, as lmm holds it
     if vision_config["model_type"] == "siglip_vision_model":
         vision_config["vision_use_head"] = False
-    drop_cls = vision.has_cls and vision.feature_select == "patch"
+    drop_first = vision.feature_select == "drop_first" or (vision.has_cls and vision.feature_select == "patch")
     config = LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_id=image_id,
         projector_hidden_act=PROJECTOR_ACT[connector.act], multimodal_projector_bias=connector.bias,
-        vision_feature_layer=-1, vision_feature_select_strategy="default" if drop_cls else "full",
+        vision_feature_layer=-1, vision_feature_select_strategy="default" if drop_first else "full",
         image_seq_length=vision.num_tokens, tie_word_embeddings=bool(llm.model.config.tie_word_embeddings),
     )
     t = vision.transform

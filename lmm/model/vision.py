@@ -41,11 +41,15 @@ def kept_blocks(n: int, feature_layer: int) -> int:
 
 
 FEATURE_SELECT = ("cls_patch", "patch")
+# "drop_first": the first token dropped whatever it is. TinyLLaVA_Factory's "patch" does this on
+# every tower, so on SigLIP (no CLS token) its published models lose a real patch (729 -> 728);
+# only the transformers towers offer it, to import those checkpoints with their numerics.
+HF_FEATURE_SELECT = (*FEATURE_SELECT, "drop_first")
 
 
-def check_feature_select(feature_select: str, has_cls: bool, tower: str) -> None:
-    if feature_select not in FEATURE_SELECT:
-        raise ValueError(f"unknown feature_select {feature_select!r}; valid: {list(FEATURE_SELECT)}")
+def check_feature_select(feature_select: str, has_cls: bool, tower: str, valid=FEATURE_SELECT) -> None:
+    if feature_select not in valid:
+        raise ValueError(f"unknown feature_select {feature_select!r}; valid: {list(valid)}")
     if feature_select == "cls_patch" and not has_cls:
         raise ValueError(f"feature_select='cls_patch' but {tower} has no CLS token")
 
@@ -70,7 +74,7 @@ class HFVisionEncoder(nn.Module):
         pretrained: str | None = None,
         hf_config: dict | None = None,
         feature_layer: int = -2,
-        feature_select: Literal["patch", "cls_patch"] = "patch",
+        feature_select: Literal["patch", "cls_patch", "drop_first"] = "patch",
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
         pad_to_square: bool = True,
@@ -100,7 +104,7 @@ class HFVisionEncoder(nn.Module):
         self.feature_layer = feature_layer
         self.feature_select = feature_select
         self.has_cls = hasattr(tower.embeddings, "class_embedding")
-        check_feature_select(feature_select, self.has_cls, type(tower).__name__)
+        check_feature_select(feature_select, self.has_cls, type(tower).__name__, HF_FEATURE_SELECT)
         self.tower = self._cut_after_feature_layer(tower, feature_layer)
         self.block_class = type(self.tower.encoder.layers[0])
         self.transform = ImageTransform(config.image_size, tuple(image_mean), tuple(image_std), pad_to_square,
@@ -150,13 +154,14 @@ class HFVisionEncoder(nn.Module):
     @property
     def num_tokens(self) -> int:
         """Visual tokens per image."""
-        return self.num_patches + int(self.feature_select == "cls_patch")
+        dropped = self.feature_select == "drop_first" or (self.feature_select == "patch" and self.has_cls)
+        return self.num_patches + int(self.has_cls) - int(dropped)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, num_tokens, hidden_size)."""
         dtype = self.tower.embeddings.patch_embedding.weight.dtype
         features = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
-        if self.has_cls and self.feature_select == "patch":
+        if (self.has_cls and self.feature_select == "patch") or self.feature_select == "drop_first":
             features = features[:, 1:]
         return features
 
