@@ -177,3 +177,9 @@ class LMM(nn.Module):
     def from_hf_llava(cls, model_or_path, tokenizer=None) -> LMM:
         from lmm.model.hf_llava import from_hf_llava
         return from_hf_llava(model_or_path, tokenizer)
+
+    @classmethod
+    def from_tinyllava(cls, path, template: str | None = None) -> LMM:
+        """A TinyLLaVA_Factory checkpoint folder (lmm.model.tinyllava); `template`: one of their names."""
+        from lmm.model.tinyllava import from_tinyllava
+        return from_tinyllava(path, template)
