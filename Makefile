@@ -25,7 +25,7 @@ $(BIN)/.installed: setup.cfg Makefile
 	$(BIN)/pip install -q -e ".[test]"
 	# LLaVA-1.5's own code, which the reference tests import; it pins torch 2.1, hence --no-deps
 	$(BIN)/pip install -q --no-deps $(LLAVA)
-	# lmms-eval pins wandb, datasets and a model zoo; the task utilities the tests read need none of them
+	# lmms-eval pins wandb and a model zoo (~7 GB): --no-deps, with what its evaluator imports in the test extra
 	$(BIN)/pip install -q --no-deps $(LMMS_EVAL)
 	touch $@
 
