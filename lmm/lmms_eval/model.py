@@ -9,6 +9,9 @@ it token for token.
 """
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
@@ -18,6 +21,25 @@ from lmm.eval.benchmark import Request
 from lmm.eval.generate import generate_answers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _filelock_api_alias() -> None:
+    """lmms-eval 0.7.3's evaluator imports `filelock._api` after building the model (to make dataset
+    locks reentrant); filelock 4 moved that module's names to `filelock._core`, so every run would
+    fail (and exit 0). Pinning filelock<4 breaks litdata's downloads, so instead the old module
+    name is given the new module's objects, before the evaluator asks for them."""
+    try:
+        import filelock._api  # noqa: F401  (filelock 3: nothing to do)
+    except ModuleNotFoundError:
+        import filelock._core as core
+
+        api = types.ModuleType("filelock._api")
+        api.FileLockMeta, api.BaseFileLock = core.FileLockMeta, core.BaseFileLock
+        api._UNSET_FILE_MODE = core.UNSET_FILE_MODE
+        sys.modules["filelock._api"] = api
+
+
+_filelock_api_alias()
 
 
 class LMMForLmmsEval(lmms):
