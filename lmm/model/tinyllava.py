@@ -77,15 +77,16 @@ def _template(name: str | None, family: str):
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    from lmm.model.weights import hf_weight_files
+
+    files = hf_weight_files(str(path))  # the shard index, or the one safetensors file
+    if files is None:
+        raise FileNotFoundError(f"{path}: no model.safetensors (or index); TinyLLaVA weights are read from "
+                                f"safetensors files only")
     state = {}
-    for name in files:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name}: TinyLLaVA weights are read from safetensors files only")
-        with safe_open(path / name, framework="pt") as f:
-            names = list(f.keys())  # a safe_open handle is not iterable
-            for key in names:
+    for name in sorted(set(files.values())):
+        with safe_open(name, framework="pt") as f:
+            for key in [k for k, file in files.items() if file == name]:
                 state[key] = f.get_tensor(key)
     return state
 
