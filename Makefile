@@ -1,5 +1,6 @@
 # Fresh-machine entry points: `make demo` (set up, then train + evaluate the easy-vqa demo on the
-# CPU) and `make test` (set up, then run the test suite). Both create ./.venv on first use.
+# CPU) and `make test` (set up, then run the test suite). Both create ./.venv on first use; `make test`
+# also creates ./.venv-lmms-eval for the tests that need the [lmms-eval] extra's own environment.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,8 +17,19 @@ endif
 LLAVA := llava-torch==1.2.2.post1 shortuuid==1.0.13   # shortuuid: imported by its eval scripts
 LMMS_EVAL := lmms-eval==0.7.3   # its task utilities: the lmms_eval scoring convention's reference
 
-.PHONY: setup demo test
+# The [lmms-eval] extra resolved with lmm as a user installs it (`pip install lmm[lmms-eval]`): it
+# pins wandb==0.25.0 (hence protobuf<7) and brings datasets and pyarrow. Layered on ./.venv (the .pth
+# line puts .venv's packages after its own), so only what differs is installed (about a minute).
+EXTRA_VENV ?= .venv-lmms-eval
+EXTRA_BIN := $(EXTRA_VENV)/bin
+# what that environment changes: lmms-eval's evaluator, W&B 0.25, litdata with pyarrow importable
+EXTRA_TESTS := tests/test_lmms_eval_plugin.py tests/test_litdata_source.py tests/test_wandb.py \
+	tests/test_evaluate_cli.py::test_wandb_gets_the_metrics_and_the_table \
+	tests/test_secrets.py::test_a_key_from_a_config_file_reaches_no_run_artifact
+
+.PHONY: setup setup-lmms-eval demo test test-lmms-eval
 setup: $(BIN)/.installed
+setup-lmms-eval: $(EXTRA_BIN)/.installed
 
 $(BIN)/.installed: setup.cfg Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +44,17 @@ $(BIN)/.installed: setup.cfg Makefile
 demo: setup
 	$(BIN)/python -m lmm.train $(ARGS)
 
-test: setup
+$(EXTRA_BIN)/.installed: $(BIN)/.installed
+	$(PYTHON) -m venv $(EXTRA_VENV)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(EXTRA_BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_lmm_base.pth"
+	$(EXTRA_BIN)/pip install -q -e ".[lmms-eval]"
+	touch $@
+
+test: setup setup-lmms-eval
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-lmms-eval
+
+# LMM_TEST_EXTRAS=1: a missing package of the extra fails these tests instead of skipping them
+test-lmms-eval: setup-lmms-eval
+	LMM_TEST_EXTRAS=1 $(EXTRA_BIN)/python -m pytest -p no:cacheprovider $(EXTRA_TESTS)

@@ -71,9 +71,14 @@ def test_two_processes_give_the_answers_of_one(checkpoint, data_dir, tmp_path):
 
 
 def test_wandb_gets_the_metrics_and_the_table(checkpoint, data_dir, tmp_path):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from tests.test_wandb import summarise
 
+    # As from a notebook that used W&B before starting the command: the command inherits this process's
+    # W&B service (WANDB_SERVICE), which writes its run only if the command finishes it. (wandb keeps its
+    # service, and the variable, for the rest of this process, as after any in-process W&B run.)
+    wandb.init(mode="offline", project="lmm-test", dir=str(tmp_path / "notebook")).finish()
+    assert os.environ.get("WANDB_SERVICE")
     done = subprocess.run(command(checkpoint, data_dir, tmp_path, "evaluation.limit=3", "logger=wandb",
                                   "benchmark=[easyvqa]"), cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=600, check=False)

@@ -109,7 +109,7 @@ def test_convert_keeps_order_records_and_bytes(data):
     assert len(ds) == len(lines) == len(data["originals"])
     for k, original in enumerate(data["originals"]):
         item = ds[k]
-        assert item["index"] == k and item["record"] == lines[k]
+        assert item[0] == k and item[1] == lines[k]
         assert (json.loads(lines[k]) == original) if original is not None else (lines[k] == BROKEN_LINE)
     source = LitDataSource(str(out))
     check_records_and_images(source, data)
@@ -135,6 +135,64 @@ def test_misaligned_records_are_caught(data, tmp_path):
     source = LitDataSource(str(bad))
     with pytest.raises(RuntimeError, match="misaligned"):
         source.open_image(0, "photos/red.jpg")
+
+
+class _Rewrite:
+    """litdata.optimize fn: item k of `src` as `shape` ("dict": lmm.data.convert's items before 2026-12;
+    "other": a data set some other tool wrote)."""
+
+    def __init__(self, src, shape):
+        self.src, self.shape = str(src), shape
+
+    def __call__(self, k):
+        from litdata import StreamingDataset
+
+        index, record, images, blob = StreamingDataset(self.src)[k]
+        blob = bytes(blob)  # litdata hands out a view into the chunk
+        if self.shape == "dict":
+            yield {"index": index, "record": record, "images": images, "data": blob}
+        else:
+            yield {"text": record, "n": index}
+
+
+def rewrite(data, tmp_path, shape):
+    import litdata
+
+    out = tmp_path / shape
+    previous = mp.get_start_method(allow_none=True)
+    try:
+        litdata.optimize(fn=_Rewrite(data["out"], shape), inputs=list(range(len(data["originals"]))),
+                         output_dir=str(out), chunk_bytes=6000, num_workers=1, start_method="fork", verbose=False)
+    finally:
+        mp.set_start_method(previous, force=True)
+    shutil.copy(data["out"] / RECORDS, out / RECORDS)
+    return out
+
+
+def test_chunks_are_plain_pytree_items(data):
+    """Tuple items: no chunk carries the Arrow table litdata appends to dict items where pyarrow is
+    importable (its byte-range reads, the remote path, miss that table: see the next test)."""
+    from litdata.streaming.item_loader import _ARROW_FOOTER_MAGIC  # the mark that table ends with
+
+    for chunk in json.loads((data["out"] / "index.json").read_text())["chunks"]:
+        assert not (data["out"] / chunk["filename"]).read_bytes().endswith(_ARROW_FOOTER_MAGIC)
+
+
+def test_dict_items_of_earlier_conversions_still_read(data, tmp_path):
+    """Datasets converted before items became tuples: read locally and through the download path (there
+    with whole chunks: with pyarrow installed at conversion, litdata's byte-range reads of dict items
+    return empty bytes)."""
+    old = rewrite(data, tmp_path, "dict")
+    check_records_and_images(LitDataSource(str(old)), data)
+    remote = LitDataSource(f"local:{old}", index_dir=str(tmp_path / "index"))
+    assert remote.layout == "dict"
+    check_records_and_images(remote, data)
+
+
+def test_another_tools_dataset_is_refused(data, tmp_path):
+    other = rewrite(data, tmp_path, "other")
+    with pytest.raises(ValueError, match=r"not the \(index, record, images, data\) of `python -m lmm.data.convert`"):
+        LitDataSource(str(other))
 
 
 def test_not_a_converted_dataset(tmp_path):

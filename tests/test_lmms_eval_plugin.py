@@ -11,12 +11,11 @@ import torch
 
 from lmm.eval.cli import run
 from lmm.model.lmm import LMM
-from tests.conftest import MLP2X_GELU, compose_config, llm_spec, vision_spec
+from tests.conftest import EXTRAS, MLP2X_GELU, compose_config, llm_spec, needs, vision_spec
 
-pytest.importorskip("lmms_eval")
-# what `python -m lmms_eval` itself needs beyond the model interface; in the main test environment
-# they (datasets' fsspec bound, with them) broke litdata's local downloads, so this one run is
-# skipped there (see the README, lmms-eval)
+needs("lmms_eval")
+# what `python -m lmms_eval` itself needs beyond the model interface: the [lmms-eval] extra's
+# environment has them (`make test-lmms-eval`, part of `make test`); the main one skips this run
 EVALUATOR = ("datasets", "evaluate", "sacrebleu", "dill", "tenacity", "pytablewriter")
 
 N = 12
@@ -57,10 +56,23 @@ def test_the_entry_point_names_the_model_class():
     assert manifest.model_id == "lmm" and manifest.simple_class_path == "lmm.lmms_eval.model.LMMForLmmsEval"
 
 
+@pytest.mark.skipif(not EXTRAS, reason="checks the [lmms-eval] extra's environment (make test-lmms-eval)")
+def test_the_extras_environment_has_lmms_evals_pins():
+    """That step is meant to run our W&B code under the wandb lmms-eval pins, and litdata with pyarrow
+    importable (it changes how litdata writes dict items)."""
+    from importlib.metadata import requires
+
+    import wandb
+
+    (pin,) = [r.split("==")[1].strip() for r in requires("lmms_eval") if r.replace(" ", "").startswith("wandb==")]
+    assert wandb.__version__ == pin
+    needs("pyarrow")
+
+
 @pytest.mark.timeout(600)
 def test_lmms_eval_runs_lmm_offline_and_scores_its_answers(data_dir, tmp_path):
     for name in EVALUATOR:
-        pytest.importorskip(name)
+        needs(name)
     torch.manual_seed(0)
     model = LMM(vision=vision_spec(), connector=dict(MLP2X_GELU), llm=llm_spec(str(data_dir / "easyvqa/tokenizer")))
     ckpt = model.save_pretrained(tmp_path / "checkpoint")

@@ -115,7 +115,7 @@ class ItemWriter:
         for index in range(*bounds):
             yield self.item(index)
 
-    def item(self, index: int) -> dict:
+    def item(self, index: int) -> tuple[int, str, str, bytes]:
         start, end = (int(x) for x in self.spans[index])
         raw = os.pread(self._file(), end - start, start)
         root = self.roots[int(np.searchsorted(self.ends, index, side="right"))]
@@ -132,8 +132,12 @@ class ItemWriter:
                 continue
             manifest.append([path, len(data)])
             blobs.append(data)
-        return {"index": index, "record": raw.decode("utf-8", errors="replace"),
-                "images": json.dumps(manifest, ensure_ascii=False), "data": b"".join(blobs)}
+        # A tuple (ITEM_LAYOUT), not a dict: where pyarrow is importable, litdata (0.2.7x) stores dict
+        # items only as an Arrow table after the chunk's offsets, and its byte-range reads (a remote
+        # dataset's random access) then return empty items. A tuple is a plain pytree chunk: the same
+        # bytes whether or not pyarrow is installed, readable by either.
+        return (index, raw.decode("utf-8", errors="replace"), json.dumps(manifest, ensure_ascii=False),
+                b"".join(blobs))
 
 
 def convert(annotations: Sequence[str], image_root: str | Sequence[str], output: str, chunk_bytes: str | int = "64MB",

@@ -28,7 +28,26 @@ from lmm.data.sources import JsonSource
 
 RECORDS = "records.jsonl"
 INDEX = "index.json"
-ITEM_FIELDS = {"index", "record", "images", "data"}  # the item layout of lmm.data.convert
+# The item layout of lmm.data.convert: a tuple of these, in this order, with these litdata formats.
+ITEM_LAYOUT = ("index", "record", "images", "data")
+ITEM_FORMATS = ["int", "str", "str", "bytes"]
+
+
+def item_layout(config: dict) -> str:
+    """'tuple' (lmm.data.convert now), 'dict' (its items before 2026-12, still read), or a ValueError
+    naming what the dataset holds instead."""
+    spec = config.get("data_spec")
+    spec = json.loads(spec) if isinstance(spec, str) else spec
+    root = spec[1] if isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], dict) else {}
+    kind, n = root.get("type"), len(root.get("children_spec") or [])
+    if config.get("data_format") == ITEM_FORMATS and n == len(ITEM_LAYOUT):
+        if kind == "builtins.tuple":
+            return "tuple"
+        types = config.get("types")
+        if kind == "builtins.dict" and isinstance(types, dict) and set(types) == set(ITEM_LAYOUT):
+            return "dict"
+    raise ValueError(f"items of type {kind} with formats {config.get('data_format')}, not the "
+                     f"({', '.join(ITEM_LAYOUT)}) of `python -m lmm.data.convert`")
 
 
 def is_remote(path: str) -> bool:
@@ -87,10 +106,10 @@ class LitDataSource:
                                     f"`python -m lmm.data.convert`?")
         index_bytes = (self.local / INDEX).read_bytes()
         index = json.loads(index_bytes)
-        fields = set((index.get("config") or {}).get("types") or {})
-        if fields != ITEM_FIELDS:
-            raise ValueError(f"{self.input_dir}: items hold {sorted(fields)}, not the {sorted(ITEM_FIELDS)} of "
-                             f"`python -m lmm.data.convert`")
+        try:
+            self.layout = item_layout(index.get("config") or {})
+        except ValueError as e:
+            raise ValueError(f"{self.input_dir}: {e}") from None
         self.records = JsonSource(self.local / RECORDS, self.local, index_dir)
         sizes = np.array([int(c["chunk_size"]) for c in index["chunks"]], np.int64)
         if int(sizes.sum()) != len(self.records):
@@ -123,6 +142,12 @@ class LitDataSource:
             from litdata import StreamingDataset
 
             self._dataset = StreamingDataset(self.input_dir, cache_dir=self.cache_dir)
+            if self.remote and self.layout == "dict":
+                # Dict items written where pyarrow was importable live only in an Arrow table after the
+                # chunk's offsets, which litdata's per-item byte-range reads do not see (they return empty
+                # items); whole chunks go through its footer-aware loader. Its public setter needs the
+                # cache, which is built on first access from this attribute.
+                self._dataset._on_demand_bytes = False
             self._pid = os.getpid()
         return self._dataset
 
@@ -131,20 +156,23 @@ class LitDataSource:
         if self._last is not None and self._last[0] == i:
             return self._last[1], self._last[2]
         item = self._streaming()[i]
+        if self.layout == "dict":
+            item = tuple(item[k] for k in ITEM_LAYOUT)
+        index, record, manifest, data = item
         expected = self.read(i).get("id")
         try:
-            found = json.loads(item["record"]).get("id")
+            found = json.loads(record).get("id")
         except (json.JSONDecodeError, AttributeError):
             found = None
-        if int(item["index"]) != i or found != expected:
-            raise RuntimeError(f"{self.input_dir} is misaligned: item {i} holds record {item['index']} (id {found!r}) "
+        if int(index) != i or found != expected:
+            raise RuntimeError(f"{self.input_dir} is misaligned: item {i} holds record {index} (id {found!r}) "
                                f"but {RECORDS} line {i} has id {expected!r}; convert the data set again")
         images, offset = {}, 0
-        for entry in json.loads(item["images"]):
+        for entry in json.loads(manifest):
             path, size = entry[0], entry[1]
             images.setdefault(path, (offset, size, entry[2] if len(entry) > 2 else None))
             offset += size or 0
-        data = bytes(item["data"])  # a copy: the item's buffer may point into the chunk's memory map
+        data = bytes(data)  # a copy: the item's buffer may point into the chunk's memory map
         self._last = (i, images, data)
         return images, data
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmm.eval.report import log_results
 from lmm.eval.run import evaluate_checkpoint
+from lmm.loggers import build_logger, finish
 from lmm.model.spec import build, to_plain
 from lmm.secrets import redact, scrub_hydra_config
 
@@ -56,8 +57,6 @@ def run_info(checkpoint: Path) -> dict | None:
 def make_logger(cfg: DictConfig, checkpoint: Path, out_dir: Path):
     if not cfg.get("logger"):
         return None
-    from hydra.utils import instantiate
-
     info = run_info(checkpoint)
     if info:  # beside the run's stages in W&B: same group, tags and cell name
         name, extra = f"{info['name']}/eval", {"group": info["group"], "tags": info["tags"]}
@@ -65,7 +64,7 @@ def make_logger(cfg: DictConfig, checkpoint: Path, out_dir: Path):
         name, extra = f"eval/{Path(checkpoint).resolve().parent.name}/{Path(checkpoint).name}", {}
     if not str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
         extra = {}
-    logger = instantiate(cfg.logger, save_dir=str(out_dir), name=name, **extra)
+    logger = build_logger(cfg.logger, save_dir=str(out_dir), name=name, **extra)
     logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "run": info or {}}))
     return logger
 
@@ -97,6 +96,10 @@ def run(cfg: DictConfig) -> dict | None:
     print(f"checkpoint: {checkpoint}\n{summary['table']}\nresults: {out_dir / 'results.json'}")
     logger = make_logger(cfg, checkpoint, out_dir)
     if logger is not None:
-        log_results(logger, summary)
+        try:
+            log_results(logger, summary)
+        finally:
+            finish(logger)
     return summary
+
 

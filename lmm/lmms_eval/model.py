@@ -26,8 +26,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def _filelock_api_alias() -> None:
     """lmms-eval 0.7.3's evaluator imports `filelock._api` after building the model (to make dataset
     locks reentrant); filelock 4 moved that module's names to `filelock._core`, so every run would
-    fail (and exit 0). Pinning filelock<4 breaks litdata's downloads, so instead the old module
-    name is given the new module's objects, before the evaluator asks for them."""
+    fail (and exit 0). lmms-eval does not pin filelock<4, and pip resolves filelock 4 for
+    `lmm[lmms-eval]`, so the old module name is given the new module's objects, before the evaluator
+    asks for them."""
     try:
         import filelock._api  # noqa: F401  (filelock 3: nothing to do)
     except ModuleNotFoundError:

@@ -18,13 +18,13 @@ import lightning as L
 import torch
 from filelock import FileLock
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.templates import stage_template
 from lmm.files import clean_leftovers, write_text
+from lmm.loggers import build_logger, finish
 from lmm.model.checkpoint import check_tokenizer, is_finished, load_weights, verify, write_checkpoint
 from lmm.model.spec import build, to_plain
 from lmm.secrets import redact, scrub_hydra_config
@@ -135,10 +135,10 @@ def init_weights(module: LMMTrainModule, stage_name: str, init) -> None:
 def make_logger(cfg: DictConfig, info: dict, stage: str, run_dir: Path):
     target = cfg.logger.get("_target_", "")
     if target.endswith("WandbLogger"):  # one W&B run per stage, named and tagged from the grid cell
-        logger = instantiate(cfg.logger, save_dir=str(run_dir), name=f"{info['name']}/{stage}",
-                             group=info["group"], tags=info["tags"])
+        logger = build_logger(cfg.logger, save_dir=str(run_dir), name=f"{info['name']}/{stage}",
+                              group=info["group"], tags=info["tags"])
     else:
-        logger = instantiate(cfg.logger, save_dir=str(run_dir), name=stage)
+        logger = build_logger(cfg.logger, save_dir=str(run_dir), name=stage)
     config = OmegaConf.to_container(cfg, resolve=True)
     logger.log_hyperparams(redact({**config, "run": info, "stage": stage}))  # W&B config, hparams.yaml
     return logger
@@ -287,12 +287,12 @@ def _train_stages(cfg: DictConfig, run_dir: Path, info: dict) -> dict:
             if done.exists():  # an interrupted export: redo it (from last.ckpt, or by training again)
                 log.warning("stage %s: its checkpoint is not finished (%s); redoing the stage from its last "
                             "Lightning checkpoint", name, why)
-        if logger is not None and isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # one W&B run per stage
+        if logger is not None:
+            finish(logger)  # one W&B run per stage
         checkpoint, trainer, logger = fit_stage(cfg, name, run_dir, info)
     results = None
     if cfg.evaluate and cfg.benchmark and checkpoint is not None:
         results = evaluate_run(cfg, checkpoint, run_dir, trainer, logger)
-    if isinstance(logger, WandbLogger):
-        logger.experiment.finish()
+    if logger is not None:
+        finish(logger)
     return {"checkpoint": str(checkpoint), "results": results}
