@@ -45,13 +45,14 @@ class _Batches(Dataset):
         for j in order:
             for ref in self.requests[j].images:
                 try:
-                    pixels.append(_pixels(self.transform, ref))
+                    pixels.append(image_pixels(self.transform, ref))
                 except OSError as e:  # name the request: a bare PIL error does not say which question
                     raise OSError(f"request {self.requests[j].key!r}: cannot read image {ref!r}: {e}") from e
         return order, ids, mask, (torch.stack(pixels) if pixels else None)
 
 
-def _pixels(transform, ref) -> torch.Tensor:
+def image_pixels(transform, ref) -> torch.Tensor:
+    """One image's pixel values: a PIL image, a path or encoded bytes (opened and closed here)."""
     if isinstance(ref, Image.Image):  # the caller's object: used, not closed
         return transform.pixels(ref)
     with open_image(ref) as im:

@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 
 from lmm.eval.benchmark import Request
-from lmm.eval.generate import generate_answers
+from lmm.eval.generate import generate_answers, image_pixels
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,8 +106,8 @@ class LMMForLmmsEval(lmms):
         prompt = model.prompt_ids(context, len(images))
         cont = torch.tensor(model.tokenizer(continuation, add_special_tokens=False)["input_ids"], dtype=torch.long)
         ids = torch.cat([prompt, cont])[None].to(device)
-        pixels = torch.stack([model.image_transform(im if isinstance(im, Image.Image) else Image.open(im))
-                              for im in images]).to(device) if images else None
+        pixels = torch.stack([image_pixels(model.image_transform, im) for im in images]).to(device) \
+            if images else None
         logits = model(ids, pixels, return_logits=True).logits[0].float()
         n = len(cont)
         if n == 0:

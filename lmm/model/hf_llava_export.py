@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -36,14 +37,13 @@ from lmm.data.templates import IMAGE_PLACEHOLDER
 from lmm.data.transforms import RESAMPLING
 from lmm.files import replace_dir, temp_dir_beside
 from lmm.model.connector import LinearConnector, MLPConnector
+from lmm.model.hf_llava import KEY_MAP
 from lmm.model.loss import post_head
 
 TOWERS = ("clip_vision_model", "siglip_vision_model")
 PROJECTOR_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
-# lmm parameter names -> Llava's (the inverse of lmm.model.hf_llava.KEY_MAP)
-RENAMES = (("vision.tower.", "model.vision_tower."), ("connector.0.", "model.multi_modal_projector.linear_1."),
-           ("connector.2.", "model.multi_modal_projector.linear_2."), ("llm.model.lm_head.", "lm_head."),
-           ("llm.model.model.", "model.language_model."))
+# lmm parameter-name prefixes -> Llava's: lmm.model.hf_llava.KEY_MAP (the import's map) read backwards
+RENAMES = tuple((ours, re.sub(r"\\(.)", r"\1", theirs.lstrip("^"))) for theirs, ours in KEY_MAP)
 
 
 class NotExportable(ValueError):
