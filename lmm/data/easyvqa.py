@@ -16,11 +16,13 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from lmm.data.easyvqa_forms import write_forms
+from lmm.data.easyvqa_forms import COLOR_QUESTION, SHAPE_QUESTION, choices, write_forms
 from lmm.data.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
 from lmm.data.tokenizer_build import train_bpe_tokenizer
+from lmm.eval.benchmark import MULTIPLE_CHOICE, with_suffix
+from lmm.eval.choices import LETTERS, format_options
 
-VERSION = 4
+VERSION = 5
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
@@ -63,12 +65,28 @@ def _by_image(split: str):
     return per_image, getattr(easy_vqa, f"get_{split}_image_paths")()
 
 
-def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Build the folder if it is missing or from another version; returns the root."""
+def mc_turns(facts: dict[str, str], rng: random.Random) -> list[tuple[str, str]]:
+    """The image's shape and colour asked as the multiple-choice form asks them (the MMBench layout,
+    LLaVA-1.5's letter suffix, options shuffled), answered with the letter."""
+    turns = []
+    for kind, question in (("shape", SHAPE_QUESTION), ("color", COLOR_QUESTION)):
+        options = choices(kind, facts[kind], SHAPES, COLORS, rng)
+        turns.append((with_suffix(f"{question}\n{format_options(options)}", MULTIPLE_CHOICE),
+                      LETTERS[options.index(facts[kind])]))
+    return turns
+
+
+def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | None = None) -> Path:
+    """Build the folder if it is missing, from another version, or built with another
+    `multiple_choice` (True: each SFT conversation also asks the image's shape and colour as
+    multiple-choice turns; None: whatever the folder holds, False when building); returns the root."""
     root = Path(root)
     manifest = root / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("version") == VERSION:
-        return root
+    if manifest.is_file():
+        built = json.loads(manifest.read_text())
+        if built.get("version") == VERSION and multiple_choice in (None, built.get("multiple_choice")):
+            return root
+    multiple_choice = bool(multiple_choice)
     rng = random.Random(seed)
     train, train_paths = _by_image("train")
     test, test_paths = _by_image("test")
@@ -88,7 +106,7 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
                 {"from": "gpt", "value": caption}]})
         else:
             skipped += 1
-        questions = list(train[i])
+        questions = list(train[i]) + (mc_turns(facts, rng) if multiple_choice and len(facts) == 2 else [])
         rng.shuffle(questions)
         turns = []
         for k, (q, a) in enumerate(questions):
@@ -102,6 +120,6 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
     # Answers follow "ASSISTANT:" after a space in the chat templates: learn them with it.
     corpus = [" " * (t["from"] == "gpt") + t["value"] for rec in pretrain + sft for t in rec["conversations"]]
     train_bpe_tokenizer(corpus + TEMPLATE_TEXT * 100, root / "tokenizer", vocab_size=vocab_size)
-    manifest.write_text(json.dumps({"version": VERSION, "pretrain": len(pretrain), "sft": len(sft),
+    manifest.write_text(json.dumps({"version": VERSION, "multiple_choice": multiple_choice, "pretrain": len(pretrain), "sft": len(sft),
                                     "images_without_caption": skipped, "eval": forms}, indent=2))
     return root
