@@ -79,14 +79,15 @@ def mc_turns(facts: dict[str, str], rng: random.Random) -> list[tuple[str, str]]
 def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | None = None) -> Path:
     """Build the folder if it is missing, from another version, or built with another
     `multiple_choice` (True: each SFT conversation also asks the image's shape and colour as
-    multiple-choice turns; None: whatever the folder holds, False when building); returns the root."""
+    multiple-choice turns; None: whatever the folder holds, True (the demo's data) when building;
+    the benchmarks pass None: their files are the same either way); returns the root."""
     root = Path(root)
     manifest = root / "manifest.json"
     if manifest.is_file():
         built = json.loads(manifest.read_text())
         if built.get("version") == VERSION and multiple_choice in (None, built.get("multiple_choice")):
             return root
-    multiple_choice = bool(multiple_choice)
+    multiple_choice = True if multiple_choice is None else bool(multiple_choice)
     rng = random.Random(seed)
     train, train_paths = _by_image("train")
     test, test_paths = _by_image("test")

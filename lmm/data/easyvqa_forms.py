@@ -9,8 +9,9 @@ loaders and scorers as the paper's benchmarks:
     eval/mc.tsv                                          MMBench format (base64 images): per test image
         "what shape ..." over the three shapes and "what color ..." over four colours, options shuffled
 
-The demo's SFT data has no multiple-choice turn: a model that answers the option's text instead of
-its letter is read by the MMBench scorer's option matching, as a LLaVA model answering that way.
+The demo's SFT conversations ask each train image's shape and colour in this form too
+(`lmm.data.easyvqa.prepare(multiple_choice=True)`, its default). A model that answers the option's text
+instead of its letter is read by the MMBench scorer's option matching, as a LLaVA model answering that way.
 """
 from __future__ import annotations
 
