@@ -20,11 +20,12 @@ from typing import TextIO
 import hydra
 import torch
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from transformers import TextStreamer
 
 from lmm.data.templates import IMAGE_PLACEHOLDER, Message
 from lmm.data.tokenize import encode_segments
+from lmm.eval.generate import image_pixels
 
 HELP = "commands: /image PATH (add an image to your next message), /reset (new conversation), /quit"
 
@@ -56,7 +57,6 @@ class Chat:
         if do_sample:
             self.generation.update(temperature=temperature, top_p=top_p)
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
         self.reset()
 
     def reset(self) -> None:
@@ -69,29 +69,30 @@ class Chat:
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no image file at {path}")
-        try:
-            with Image.open(path) as im:
-                self.pixels.append(self.model.image_transform(im))
+        try:  # uint8, as the data pipeline ships them: the model normalises on its device
+            self.pixels.append(image_pixels(self.model.image_transform, path))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{path} is not a readable image ({e})") from None
         self.pending += 1
 
+    def _turn(self, text: str) -> Message:
+        """`text` as the next user turn, the images added since the last one before it."""
+        return Message("user", (IMAGE_PLACEHOLDER + "\n") * self.pending + text)
+
     def prompt(self, text: str) -> torch.Tensor:
         """The token ids of the conversation with `text` as the next user turn, ending where the answer starts."""
-        content = (IMAGE_PLACEHOLDER + "\n") * self.pending + text
-        segments = self.model.template.render([*self.messages, Message("user", content)], add_generation_prompt=True)
+        segments = self.model.template.render([*self.messages, self._turn(text)], add_generation_prompt=True)
         return encode_segments(segments, self.model.tokenizer)[0]
 
     @torch.no_grad()
     def send(self, text: str, out: TextIO | None = None) -> str:
         """Answer `text` (streamed to `out` as it is generated) and keep both turns in the history."""
         ids = self.prompt(text)[None].to(self.device)
-        pixels = torch.stack(self.pixels).to(self.device, self.dtype) if self.pixels else None
+        pixels = torch.stack(self.pixels).to(self.device) if self.pixels else None
         streamer = _Streamer(self.model.tokenizer, out) if out is not None else None
         new = self.model.generate(ids, pixels, streamer=streamer, **self.generation)
         answer = self.model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
-        content = (IMAGE_PLACEHOLDER + "\n") * self.pending + text
-        self.messages += [Message("user", content), Message("assistant", answer)]
+        self.messages += [self._turn(text), Message("assistant", answer)]
         self.pending = 0
         return answer
 
