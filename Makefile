@@ -1,6 +1,8 @@
 # Fresh-machine entry points: `make demo` (set up, then train + evaluate the easy-vqa demo on the
-# CPU) and `make test` (set up, then run the test suite). Both create ./.venv on first use; `make test`
-# also creates ./.venv-lmms-eval for the tests that need the [lmms-eval] extra's own environment.
+# CPU) and `make test` (set up, then run the test suite). Both create ./.venv on first use: the demo
+# installs lmm's requirements only (setup-core), the tests add the test extra and the reference
+# packages (setup); `make test` also creates ./.venv-lmms-eval for the tests that need the
+# [lmms-eval] extra's own environment.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,13 +29,21 @@ EXTRA_TESTS := tests/test_lmms_eval_plugin.py tests/test_litdata_source.py tests
 	tests/test_evaluate_cli.py::test_wandb_gets_the_metrics_and_the_table \
 	tests/test_secrets.py::test_a_key_from_a_config_file_reaches_no_run_artifact
 
-.PHONY: setup setup-lmms-eval demo test test-lmms-eval
+.PHONY: setup setup-core setup-lmms-eval demo test test-lmms-eval
 setup: $(BIN)/.installed
+setup-core: $(BIN)/.installed-core
 setup-lmms-eval: $(EXTRA_BIN)/.installed
 
-$(BIN)/.installed: setup.cfg Makefile
+# What the demo runs on: torch, lmm's requirements and the eval extra (openpyxl: the MMBench-format
+# submission's .xlsx), no test, notebook or reference packages, so a first `make demo` spends its
+# minutes training rather than installing.
+$(BIN)/.installed-core: setup.cfg Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[eval]"
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.installed-core
 	$(BIN)/pip install -q -e ".[test]"
 	# LLaVA-1.5's own code, which the reference tests import; it pins torch 2.1, hence --no-deps
 	$(BIN)/pip install -q --no-deps $(LLAVA)
@@ -41,7 +51,7 @@ $(BIN)/.installed: setup.cfg Makefile
 	$(BIN)/pip install -q --no-deps $(LMMS_EVAL)
 	touch $@
 
-demo: setup
+demo: setup-core
 	$(BIN)/python -m lmm.train $(ARGS)
 
 $(EXTRA_BIN)/.installed: $(BIN)/.installed

@@ -23,6 +23,7 @@ from lmm.eval.benchmark import MULTIPLE_CHOICE, with_suffix
 from lmm.eval.choices import LETTERS, format_options
 
 VERSION = 5
+MC_ROUNDS = 2   # conf/data/easyvqa.yaml's multiple_choice: what a folder is built with when none is asked for
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
@@ -76,18 +77,22 @@ def mc_turns(facts: dict[str, str], rng: random.Random) -> list[tuple[str, str]]
     return turns
 
 
-def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | None = None) -> Path:
+def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | int | None = None) -> Path:
     """Build the folder if it is missing, from another version, or built with another
-    `multiple_choice` (True: each SFT conversation also asks the image's shape and colour as
-    multiple-choice turns; None: whatever the folder holds, True (the demo's data) when building;
-    the benchmarks pass None: their files are the same either way); returns the root."""
+    `multiple_choice` (the number of rounds in which each SFT conversation also asks the image's
+    shape and colour as multiple-choice turns, each round with its own options and order; True is 1,
+    False 0; None: whatever the folder holds, MC_ROUNDS (the demo's data) when building; the
+    benchmarks pass None: their files are the same either way); returns the root."""
     root = Path(root)
     manifest = root / "manifest.json"
     if manifest.is_file():
         built = json.loads(manifest.read_text())
         if built.get("version") == VERSION and multiple_choice in (None, built.get("multiple_choice")):
             return root
-    multiple_choice = True if multiple_choice is None else bool(multiple_choice)
+    multiple_choice = MC_ROUNDS if multiple_choice is None else int(multiple_choice)
+    if multiple_choice < 0:
+        raise ValueError(f"multiple_choice={multiple_choice}: give the number of multiple-choice rounds per "
+                         "conversation (0 or false: none, 1 or true: one)")
     rng = random.Random(seed)
     train, train_paths = _by_image("train")
     test, test_paths = _by_image("test")
@@ -107,7 +112,8 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_cho
                 {"from": "gpt", "value": caption}]})
         else:
             skipped += 1
-        questions = list(train[i]) + (mc_turns(facts, rng) if multiple_choice and len(facts) == 2 else [])
+        questions = list(train[i]) + [t for _ in range(multiple_choice if len(facts) == 2 else 0)
+                                      for t in mc_turns(facts, rng)]
         rng.shuffle(questions)
         turns = []
         for k, (q, a) in enumerate(questions):

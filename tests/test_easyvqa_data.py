@@ -1,0 +1,81 @@
+"""The demo's SFT data: the multiple-choice turns ask each image's shape and colour exactly as the
+easy-vqa MC form's prompts do, answered with the letter of the image's own shape or colour, and
+`multiple_choice` sets how many such rounds each conversation has."""
+import json
+from collections import Counter
+
+import pytest
+
+from lmm.data.easyvqa import COLORS, MC_ROUNDS, SHAPES, image_facts, prepare
+from tests.conftest import compose_config
+from lmm.data.easyvqa_forms import COLOR_QUESTION, SHAPE_QUESTION
+from lmm.eval.choices import LETTERS
+from lmm.eval.mmbench import MMBench
+
+SUFFIX_LINE = "Answer with the option's letter from the given choices directly."
+
+
+def mc_turns(record: dict) -> list[tuple[str, list[str], str, str]]:
+    """(question, options, answer letter, the turn's text) of each lettered turn, parsed from the text."""
+    turns = record["conversations"]
+    out = []
+    for human, gpt in zip(turns[::2], turns[1::2]):
+        lines = human["value"].removeprefix("<image>\n").split("\n")
+        if lines[-1] == SUFFIX_LINE:
+            options = [line.split(". ", 1)[1] for line in lines[1:-1]]
+            assert [line[:3] for line in lines[1:-1]] == [f"{L}. " for L in LETTERS[:len(options)]]
+            out.append((lines[0], options, gpt["value"], "\n".join(lines)))
+    return out
+
+
+def facts(record: dict) -> dict:
+    """Shape and colour from the record's own easy-vqa questions (its non-lettered turns)."""
+    turns = record["conversations"]
+    return image_facts([(h["value"].removeprefix("<image>\n"), g["value"]) for h, g in zip(turns[::2], turns[1::2])
+                        if not h["value"].endswith(SUFFIX_LINE)])
+
+
+def check_rounds(root, rounds: int) -> None:
+    sft = json.loads((root / "sft.json").read_text())
+    mc = MMBench(questions=str(root / "eval" / "mc.tsv"))
+    assert len(sft) == 4000
+    unknown = 0
+    for record in sft:
+        turns, known = mc_turns(record), facts(record)
+        if len(known) < 2:   # its questions do not tell both: no caption, no lettered turn
+            unknown += 1
+            assert not turns
+            continue
+        assert Counter(q for q, *_ in turns) == {SHAPE_QUESTION: rounds, COLOR_QUESTION: rounds}, record["id"]
+        for question, options, letter, text in turns:
+            kind, pool = ("shape", SHAPES) if question == SHAPE_QUESTION else ("color", COLORS)
+            assert len(options) == (3 if kind == "shape" else 4) and set(options) <= set(pool)
+            assert options[LETTERS.index(letter)] == known[kind]   # the letter names the image's own shape/colour
+            # the training turn is the evaluation's prompt for these options, character for character
+            assert text == mc.prompt({"question": question, "hint": None, "options": options}, 0)
+    assert 0 < unknown == json.loads((root / "manifest.json").read_text())["images_without_caption"] < 500
+
+
+def test_each_conversation_asks_shape_and_colour_as_the_mc_form_does(data_dir):
+    root = data_dir / "easyvqa"
+    # the session's data is the demo's: built with the rounds the demo's data config asks for
+    rounds = compose_config("train", []).data.prepare.multiple_choice
+    assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == rounds == MC_ROUNDS
+    check_rounds(root, rounds)
+    # the gold letter is spread over the positions (a letter bias in the data would be learnt)
+    letters = Counter(t[2] for r in json.loads((root / "sft.json").read_text()) for t in mc_turns(r)
+                      if t[0] == COLOR_QUESTION)
+    assert set(letters) == set("ABCD") and min(letters.values()) > sum(letters.values()) / 4 * 0.85
+
+
+@pytest.mark.slow
+def test_rounds_are_counted_recorded_and_rebuilt(tmp_path):
+    root = prepare(tmp_path / "easyvqa", multiple_choice=True)
+    assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == 1
+    check_rounds(root, 1)
+    assert prepare(root) == root and json.loads((root / "manifest.json").read_text())["multiple_choice"] == 1
+    prepare(root, multiple_choice=False)   # another choice rebuilds the folder
+    assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == 0
+    assert all(not mc_turns(r) for r in json.loads((root / "sft.json").read_text()))
+    with pytest.raises(ValueError, match="number of multiple-choice rounds"):
+        prepare(root, multiple_choice=-1)
