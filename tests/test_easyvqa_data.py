@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 
 from lmm.data.easyvqa import COLORS, MC_ROUNDS, SHAPES, image_facts, prepare
-from tests.conftest import compose_config
 from lmm.data.easyvqa_forms import COLOR_QUESTION, SHAPE_QUESTION
 from lmm.eval.choices import LETTERS
 from lmm.eval.mmbench import MMBench
+from tests.conftest import compose_config
 
 SUFFIX_LINE = "Answer with the option's letter from the given choices directly."
 
