@@ -70,10 +70,10 @@ def test_each_conversation_asks_shape_and_colour_as_the_mc_form_does(data_dir):
 
 @pytest.mark.slow
 def test_rounds_are_counted_recorded_and_rebuilt(tmp_path):
-    root = prepare(tmp_path / "easyvqa", multiple_choice=True)
-    assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == 1
-    check_rounds(root, 1)
-    assert prepare(root) == root and json.loads((root / "manifest.json").read_text())["multiple_choice"] == 1
+    root = prepare(tmp_path / "easyvqa", multiple_choice=2)
+    assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == 2
+    check_rounds(root, 2)
+    assert prepare(root) == root and json.loads((root / "manifest.json").read_text())["multiple_choice"] == 2
     prepare(root, multiple_choice=False)   # another choice rebuilds the folder
     assert json.loads((root / "manifest.json").read_text())["multiple_choice"] == 0
     assert all(not mc_turns(r) for r in json.loads((root / "sft.json").read_text()))

@@ -39,7 +39,7 @@ def test_tiny_family_builds_with_its_facts(tokenizer_dir, name):
     spec = family_spec(name, tokenizer_dir)
     assert spec["hf_config"]["model_type"] == model_type
     assert spec["template"]["_target_"] == f"lmm.data.templates.{template}"
-    assert spec["hf_config"]["hidden_size"] <= 128 and spec["hf_config"]["num_hidden_layers"] <= 3
+    assert spec["hf_config"]["hidden_size"] <= 128 and spec["hf_config"]["num_hidden_layers"] <= 2
     llm = build(spec)
     assert isinstance(llm, LanguageModel)
     assert isinstance(llm.layers, torch.nn.ModuleList) and len(llm.layers) == spec["hf_config"]["num_hidden_layers"]

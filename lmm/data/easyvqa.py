@@ -23,7 +23,7 @@ from lmm.eval.benchmark import MULTIPLE_CHOICE, with_suffix
 from lmm.eval.choices import LETTERS, format_options
 
 VERSION = 5
-MC_ROUNDS = 2   # conf/data/easyvqa.yaml's multiple_choice: what a folder is built with when none is asked for
+MC_ROUNDS = 1   # conf/data/easyvqa.yaml's multiple_choice: what a folder is built with when none is asked for
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
