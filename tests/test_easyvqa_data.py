@@ -8,11 +8,10 @@ import pytest
 
 from lmm.data.easyvqa import COLORS, MC_ROUNDS, SHAPES, image_facts, prepare
 from lmm.data.easyvqa_forms import COLOR_QUESTION, SHAPE_QUESTION
+from lmm.eval.benchmark import MULTIPLE_CHOICE
 from lmm.eval.choices import LETTERS
 from lmm.eval.mmbench import MMBench
 from tests.conftest import compose_config
-
-SUFFIX_LINE = "Answer with the option's letter from the given choices directly."
 
 
 def mc_turns(record: dict) -> list[tuple[str, list[str], str, str]]:
@@ -21,7 +20,7 @@ def mc_turns(record: dict) -> list[tuple[str, list[str], str, str]]:
     out = []
     for human, gpt in zip(turns[::2], turns[1::2]):
         lines = human["value"].removeprefix("<image>\n").split("\n")
-        if lines[-1] == SUFFIX_LINE:
+        if lines[-1] == MULTIPLE_CHOICE:
             options = [line.split(". ", 1)[1] for line in lines[1:-1]]
             assert [line[:3] for line in lines[1:-1]] == [f"{L}. " for L in LETTERS[:len(options)]]
             out.append((lines[0], options, gpt["value"], "\n".join(lines)))
@@ -32,7 +31,7 @@ def facts(record: dict) -> dict:
     """Shape and colour from the record's own easy-vqa questions (its non-lettered turns)."""
     turns = record["conversations"]
     return image_facts([(h["value"].removeprefix("<image>\n"), g["value"]) for h, g in zip(turns[::2], turns[1::2])
-                        if not h["value"].endswith(SUFFIX_LINE)])
+                        if not h["value"].endswith(MULTIPLE_CHOICE)])
 
 
 def check_rounds(root, rounds: int) -> None:
