@@ -5,8 +5,11 @@ Slow: it trains both stages of the demo in full and scores all 9,673 test questi
 and multiple-choice forms); the evaluation command then answers the first 500 questions of each
 form again. It guards the headline number against regressions anywhere in the stack. Measured on
 the 2-vCPU AMD EPYC machine: 598 s with the 64 px / 8 px tower of issue 12 (seed 0 at 0.9895);
-with the demo's SFT batches grouped by length (issue 13), the job takes 452 s (seed 0 at 0.9872).
-A slower 2-vCPU EPYC VM once took 1.5x as long; the timeout is 3x that. Then it executes
+with the demo's SFT batches grouped by length (issue 13), the job took 452 s (seed 0 at 0.9872);
+with the lettered turns (issue 15: two SFT conversations per image, 1,885 SFT steps) it takes 611 s
+(seed 0: VQA 0.9923, POPE F1 0.987, MC 0.981; seeds 0-4 in experiments/easyvqa_demo/README.md).
+The assertions are issue 15's targets for every seed. A slower 2-vCPU EPYC VM once took 1.5x to
+2.3x as long; the timeout is about 4x the job's 611 s here. Then it executes
 experiments/quickstart.ipynb on the run it made (nbclient; any cell error fails the test).
 """
 import json
@@ -46,16 +49,18 @@ def cell_text(cell) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2100)
-def test_default_demo_reaches_095_on_easyvqa(data_dir, tmp_path, monkeypatch):
+@pytest.mark.timeout(2400)
+def test_default_demo_reaches_the_targets_on_easyvqa(data_dir, tmp_path, monkeypatch):
     cfg = compose_config("train", runs_dir=tmp_path, overrides=[f"paths.data_dir={data_dir}",
                                                                 "+trainer.enable_progress_bar=false"])
     out = train(cfg)
     results = out["results"]["benchmarks"]
     vqa = results["easyvqa_vqa"]
     assert vqa["n"] == 9673
-    assert vqa["accuracy"] >= 0.95, vqa
-    assert results["easyvqa_pope"]["n"] == 3520 and results["easyvqa_mc"]["n"] == 1760
+    assert vqa["accuracy"] >= 0.97, vqa
+    pope, mc = results["easyvqa_pope"], results["easyvqa_mc"]
+    assert pope["n"] == 3520 and pope["f1"] >= 0.97, pope
+    assert mc["n"] == 1760 and mc["accuracy"] >= 0.90, mc   # circular: right under every option order
     # the evaluation command on the demo checkpoint answers as the run's own evaluation did
     eval_cfg = compose_config("eval", [f"checkpoint={out['checkpoint']}", f"paths.data_dir={data_dir}",
                                        f"output_dir={tmp_path / 'eval'}", "evaluation.progress=false",
