@@ -88,10 +88,9 @@ def conversations(questions: list, lettered: list) -> list[tuple[str, list]]:
     so the letter has to come from the image. Placed at a random turn, two thirds of them came after
     a turn whose text names the answer, and the model learnt to match the options against that text
     (training loss near 0; on the test set, a quarter of the colour questions answered right in
-    every option order). Why two conversations: had every
-    conversation opened with a lettered turn, no short or yes/no question would ever be asked first,
-    as the VQA and POPE forms ask them (POPE F1 fell to 0.57). experiments/easyvqa_demo/README.md
-    has the runs."""
+    every option order). Why two conversations: had every conversation opened with a lettered turn,
+    no short or yes/no question would ever be asked first, as the VQA and POPE forms ask them (POPE
+    F1 fell to 0.57). experiments/easyvqa_demo/README.md has the runs."""
     if not lettered:
         return [("", questions)]
     half = len(questions) // 2
