@@ -6,11 +6,12 @@ and multiple-choice forms); the evaluation command then answers the first 500 qu
 form again. It guards the headline number against regressions anywhere in the stack. Measured on
 the 2-vCPU AMD EPYC machine: 598 s with the 64 px / 8 px tower of issue 12 (seed 0 at 0.9895);
 with the demo's SFT batches grouped by length (issue 13), the job took 452 s (seed 0 at 0.9872);
-with the lettered turns (issue 15: two SFT conversations per image, 1,885 SFT steps) it takes 619 s
-(seed 0: VQA 0.9923, POPE F1 0.987, MC 0.981; seeds 0-4 in experiments/easyvqa_demo/README.md).
-The assertions are issue 15's targets for every seed. A slower 2-vCPU EPYC VM once took 1.5x to
-2.3x as long; the timeout is about 4x the job's 619 s here. Then it executes
-experiments/quickstart.ipynb on the run it made (nbclient; any cell error fails the test).
+with the lettered turns (issue 15: two SFT conversations per image, 1,885 SFT steps) it takes
+604-619 s alone (seed 0: VQA 0.9923, POPE F1 0.987, MC 0.981; seeds 0-4, every one above the
+targets, in experiments/easyvqa_demo/README.md). The assertions are issue 15's targets for every
+seed. A slower 2-vCPU EPYC VM once took 1.5x to 2.3x as long; the timeout is about 4x the job's
+619 s here. Then it executes experiments/quickstart.ipynb on the run it made (nbclient; any cell
+error fails the test).
 """
 import json
 import re
