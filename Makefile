@@ -8,6 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): one per core, at most 4; JOBS=0 runs the suite in this one process.
+JOBS ?= auto --maxprocesses=4
+# worksteal: a worker that runs out of tests takes half of another's queue, so the long tests, which
+# conftest.py puts first, keep one worker busy while the other gets through the short ones.
+PARALLEL := -n $(JOBS) --dist worksteal
 
 # Installs into ./.venv go through uv: it fetches and unpacks the ~20 wheels of torch's CUDA build in
 # parallel, so a fresh `.venv` for the demo took 34 s instead of 155 s with pip on the 2-core machine
@@ -43,7 +48,7 @@ EXTRA_TESTS := tests/test_lmms_eval_plugin.py tests/test_litdata_source.py tests
 	tests/test_evaluate_cli.py::test_wandb_gets_the_metrics_and_the_table \
 	tests/test_secrets.py::test_a_key_from_a_config_file_reaches_no_run_artifact
 
-.PHONY: setup setup-core setup-lmms-eval demo test test-lmms-eval
+.PHONY: setup setup-core setup-lmms-eval demo test test-fast test-lmms-eval
 setup: $(BIN)/.installed
 setup-core: $(BIN)/.installed-core
 setup-lmms-eval: $(EXTRA_BIN)/.installed
@@ -76,10 +81,16 @@ $(EXTRA_BIN)/.installed: $(BIN)/.installed
 	$(EXTRA_BIN)/pip install -q -e ".[lmms-eval]"
 	touch $@
 
+# The whole suite, then the lmms-eval step; both print their 15 slowest tests (README, Tests: the
+# budget, and how to find where the time went when it grows).
 test: setup setup-lmms-eval
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-lmms-eval
+
+# While changing code: every module's unit tests on tiny models, without the end-to-end runs (`slow`).
+test-fast: setup
+	$(BIN)/python -m pytest $(PARALLEL) --durations=15 -m "not slow" $(PYTEST_ARGS)
 
 # LMM_TEST_EXTRAS=1: a missing package of the extra fails these tests instead of skipping them
 test-lmms-eval: setup-lmms-eval
-	LMM_TEST_EXTRAS=1 $(EXTRA_BIN)/python -m pytest -p no:cacheprovider $(EXTRA_TESTS)
+	LMM_TEST_EXTRAS=1 $(EXTRA_BIN)/python -m pytest -p no:cacheprovider --durations=15 $(EXTRA_TESTS)

@@ -9,12 +9,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lmm.eval.cli import check_benchmark_choices, run
+from lmm.eval.benchmark_args import check_benchmark_choices
 from lmm.secrets import check_overrides
 
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from lmm.eval.cli import run  # the model stack loads once the arguments and the config are known good
+
     run(cfg)
 
 

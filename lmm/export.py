@@ -15,9 +15,13 @@ from omegaconf import DictConfig
 FORMATS = ("hf_llava",)
 
 
-def export(checkpoint: str, format: str, out: str) -> str:
+def check_format(format: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {list(FORMATS)}")
+
+
+def export(checkpoint: str, format: str, out: str) -> str:
+    check_format(format)
     from lmm.model.checkpoint import load
     from lmm.model.hf_llava_export import export_hf_llava
 
@@ -26,6 +30,7 @@ def export(checkpoint: str, format: str, out: str) -> str:
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    check_format(cfg.format)  # before the model stack loads (about 10 s): a typo is reported at once
     from lmm.model.hf_llava_export import NotExportable
 
     try:

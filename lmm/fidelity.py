@@ -8,16 +8,14 @@ from pathlib import Path
 import hydra
 from filelock import FileLock
 from omegaconf import DictConfig
-from transformers import AutoTokenizer
 
-from lmm.data.fidelity import compare
-from lmm.data.sources import open_sources
-from lmm.data.templates import stage_template
-from lmm.data.tokenize import SampleError
-from lmm.model.spec import build, to_plain
+# transformers and the data modules load in main(), once the arguments are known good: a bad part or a
+# refused argument is reported in about a second instead of after the imports.
 
 
 def records(source):
+    from lmm.data.tokenize import SampleError
+
     for i in range(len(source)):
         try:
             yield source.read(i)
@@ -29,6 +27,13 @@ def records(source):
 def main(cfg: DictConfig) -> None:
     if cfg.part not in ("sft", "pretrain"):
         raise SystemExit(f"unknown part {cfg.part!r}; valid: ['sft', 'pretrain']")
+    from transformers import AutoTokenizer
+
+    from lmm.data.fidelity import compare
+    from lmm.data.sources import open_sources
+    from lmm.data.templates import stage_template
+    from lmm.model.spec import build, to_plain
+
     if cfg.data.get("prepare"):
         Path(cfg.paths.data_dir).mkdir(parents=True, exist_ok=True)
         with FileLock(str(Path(cfg.paths.data_dir) / f".{cfg.data.name}.prepare.lock")):

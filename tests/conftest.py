@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from lmm.data.tokenizer_build import train_bpe_tokenizer
 
@@ -18,6 +19,27 @@ CORPUS = [
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 EXTRAS = os.environ.get("LMM_TEST_EXTRAS") == "1"  # set by `make test-lmms-eval`
+
+
+def pytest_configure(config):
+    """In a parallel run (`pytest -n N`), each worker gets its share of the cores: torch's default of
+    one thread per core in every worker would put N x cores busy threads on the cores, and small
+    matrix products slow down badly when threads outnumber cores. Processes the tests start inherit it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first, so that a parallel run starts them at once and ends with short ones
+    that fill the gaps: `slow` before the rest, and among those the ones given a longer timeout."""
+    def cost(item):
+        timeout = item.get_closest_marker("timeout")
+        return (item.get_closest_marker("slow") is None, -(timeout.args[0] if timeout and timeout.args else 0))
+
+    items.sort(key=cost)  # stable: tests of equal cost keep their file order
 
 
 def needs(module: str):
@@ -42,13 +64,25 @@ def compose_config(name: str, overrides, runs_dir=None):
     return cfg
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every worker of this run sees (`pytest -n N` runs N worker processes, each with a
+    temporary folder of its own under one shared by the run); outside a parallel run, a new one."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.mktemp(name)
+    root = tmp_path_factory.getbasetemp().parent / name
+    root.mkdir(exist_ok=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """The easy-vqa demo data (LLaVA files, images, tokenizer), built once per session."""
+    """The easy-vqa demo data (LLaVA files, images, tokenizer), built once per run: the first worker
+    to get here builds it under a lock, the others wait and use it."""
     from lmm.data.easyvqa import prepare
 
-    root = tmp_path_factory.mktemp("data")
-    prepare(root / "easyvqa")
+    root = shared_dir(tmp_path_factory, "data")
+    with FileLock(str(root) + ".lock"):
+        prepare(root / "easyvqa")  # returns at once when the folder is already built
     return root
 
 

@@ -121,6 +121,7 @@ def test_bad_input_is_one_line_and_the_conversation_goes_on(checkpoint, tmp_path
         open_chat(chat_config(ckpt, "dtype=float8"))
 
 
+@pytest.mark.slow  # two `python -m lmm.chat` processes
 def test_the_command_through_stdin(checkpoint):
     ckpt, root = checkpoint
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

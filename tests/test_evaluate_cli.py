@@ -70,6 +70,7 @@ def test_two_processes_give_the_answers_of_one(checkpoint, data_dir, tmp_path):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow  # a `python -m lmm.evaluate` process
 def test_wandb_gets_the_metrics_and_the_table(checkpoint, data_dir, tmp_path):
     wandb = pytest.importorskip("wandb")
     from tests.test_wandb import summarise

@@ -137,6 +137,7 @@ def test_what_llava_cannot_hold_is_refused_naming_the_part(tokenizer_dir, tmp_pa
     assert not (tmp_path / "hf").exists() and not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow  # a `python -m lmm.export` process
 def test_the_command_writes_the_folder(tokenizer_dir, tmp_path):
     ckpt = build(tokenizer_dir).save_pretrained(tmp_path / "ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -145,9 +146,13 @@ def test_the_command_writes_the_folder(tokenizer_dir, tmp_path):
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+
+
+def test_the_command_names_the_valid_formats(tokenizer_dir, tmp_path):
+    ckpt = build(tokenizer_dir).save_pretrained(tmp_path / "ckpt")
     bad = subprocess.run([sys.executable, "-m", "lmm.export", f"checkpoint={ckpt}", "format=gguf",
-                          f"out={tmp_path / 'x'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
+                          f"out={tmp_path / 'x'}"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode != 0 and "valid: ['hf_llava']" in bad.stderr
 
 

@@ -158,6 +158,7 @@ def test_share_pretrain_starts_its_connector_from_the_base_pretrain_of_the_cell(
     assert module.trainable["vision"] > 0 and module.trainable["llm"] > 0
 
 
+@pytest.mark.slow  # a multirun process, then the gather script
 def test_hydra_multirun_over_a_2x2_tiny_grid_runs_both_stages(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_DATA_DIR": str(data_dir), "LMM_RUNS_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "lmm.train", "-m", "+sweep=easyvqa_tiny", "threads=1", "recipe.stages.pretrain.epochs=1",

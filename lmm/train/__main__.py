@@ -4,14 +4,15 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lmm.eval.cli import check_benchmark_choices
+from lmm.eval.benchmark_args import check_benchmark_choices
 from lmm.secrets import check_overrides
-from lmm.train.run import train
+
+# torch, Lightning and lmm.train.run load inside the functions below (about 10 s on 2 cores): a refused
+# argument, a config typo or an unknown choice is reported before that, in about a second.
 
 # What Lightning's process launcher leaves in the launching process's environment.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -22,6 +23,10 @@ def _run_multirun_job(cfg: DictConfig) -> dict:
     # Lightning starts the other ranks of a multi-device job by re-running this command line, which
     # here would be the whole sweep: their command is this cell alone.
     sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
+    import torch
+
+    from lmm.train.run import train
+
     saved = {k: os.environ.get(k) for k in LAUNCH_ENV}
     try:
         return train(cfg)
@@ -37,6 +42,10 @@ def _run_multirun_job(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import torch
+
+    from lmm.train.run import train
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = _run_multirun_job(cfg) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
