@@ -10,9 +10,9 @@ with the lettered turns (issue 15: two SFT conversations per image, 1,885 SFT st
 604-619 s alone (seed 0: VQA 0.9923, POPE F1 0.987, MC 0.981; seeds 0-4, every one above the
 targets, in experiments/easyvqa_demo/README.md). The assertions are issue 15's targets for every
 seed. In `make test` (one pytest-xdist worker per core) it runs on one thread beside the other
-worker's tests: 1,063 s there (2026-12-07). A slower 2-vCPU EPYC VM once took 1.5x to 2.3x as long;
-the timeout is about 3.4x the 1,063 s. Then it executes experiments/quickstart.ipynb on the run it made (nbclient; any cell
-error fails the test).
+worker's tests: 978-1,063 s there (2026-12-07). A slower 2-vCPU EPYC VM once took 1.5x to 2.3x as
+long; the timeout is about 3.4x the 1,063 s. Then it executes experiments/quickstart.ipynb on the
+run it made (nbclient; any cell error fails the test).
 """
 import json
 import re

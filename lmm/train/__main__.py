@@ -18,15 +18,13 @@ from lmm.secrets import check_overrides
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-def _run_multirun_job(cfg: DictConfig) -> dict:
+def _run_multirun_job(cfg: DictConfig, train) -> dict:
     """One cell of a local multirun, left so that the next cell can start its own processes."""
+    import torch
+
     # Lightning starts the other ranks of a multi-device job by re-running this command line, which
     # here would be the whole sweep: their command is this cell alone.
     sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
-    import torch
-
-    from lmm.train.run import train
-
     saved = {k: os.environ.get(k) for k in LAUNCH_ENV}
     try:
         return train(cfg)
@@ -48,7 +46,7 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = _run_multirun_job(cfg) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
+    out = _run_multirun_job(cfg, train) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
     if out["results"]:
         print(f"results: {Path(cfg.paths.output_dir) / 'eval' / 'results.json'}")
     print(f"checkpoint: {out['checkpoint']}")
