@@ -100,8 +100,10 @@ def test_ddp_ranks_split_the_data_and_sum_their_skip_counts(tokenizer_dir, tmp_p
     ann = write_dataset(tmp_path / "data", records, "sft.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMM_RUNS_DIR": str(tmp_path / "runs"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # through Lightning's launcher (rank 1 a new interpreter running the command again), the way GPU
+    # jobs start; the other two-process tests fork their rank 1 (lmm.train.launch)
     cmd = [sys.executable, "-m", "lmm.train", "strategy=ddp", "trainer.devices=2", "threads=1", "recipe=base",
-           f"paths.data_dir={tmp_path / 'data'}", f"data.tokenizer={tokenizer_dir}", "run_stages=[sft]",
+           "fork_ranks=false", f"paths.data_dir={tmp_path / 'data'}", f"data.tokenizer={tokenizer_dir}", "run_stages=[sft]",
            "recipe.stages.sft.init=null", f"data.sft.annotations=[{ann}]", f"data.sft.image_root={tmp_path / 'data'}",
            "data.prepare=null", "data.loader.micro_batch_size=2", "data.loader.num_workers=1",
            # text-only records batched apart (every 5th record has no image), the connector trained:

@@ -14,7 +14,7 @@ from lmm.secrets import check_overrides
 # torch, Lightning and lmm.train.run load inside the functions below (about 10 s on 2 cores): a refused
 # argument, a config typo or an unknown choice is reported before that, in about a second.
 
-# What Lightning's process launcher leaves in the launching process's environment.
+# What Lightning's process launcher (and lmm.train.launch) leaves in the launching process's environment.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -22,12 +22,14 @@ def _run_multirun_job(cfg: DictConfig, train) -> dict:
     """One cell of a local multirun, left so that the next cell can start its own processes."""
     import torch
 
+    from lmm.train.launch import run_job
+
     # Lightning starts the other ranks of a multi-device job by re-running this command line, which
     # here would be the whole sweep: their command is this cell alone.
     sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
     saved = {k: os.environ.get(k) for k in LAUNCH_ENV}
     try:
-        return train(cfg)
+        return run_job(cfg, train)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -42,11 +44,12 @@ def _run_multirun_job(cfg: DictConfig, train) -> dict:
 def main(cfg: DictConfig) -> None:
     import torch
 
+    from lmm.train.launch import run_job
     from lmm.train.run import train
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = _run_multirun_job(cfg, train) if HydraConfig.get().mode == RunMode.MULTIRUN else train(cfg)
+    out = _run_multirun_job(cfg, train) if HydraConfig.get().mode == RunMode.MULTIRUN else run_job(cfg, train)
     if out["results"]:
         print(f"results: {Path(cfg.paths.output_dir) / 'eval' / 'results.json'}")
     print(f"checkpoint: {out['checkpoint']}")
