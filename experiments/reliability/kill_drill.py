@@ -68,16 +68,26 @@ def job_command(strategy: str, data_dir: Path, files: dict[str, Path], run_dir: 
 
 
 def launch(cmd: list[str], env: dict, log: Path, fault: str | None = None, kill_after: float | None = None,
-           timeout: float = 900) -> tuple[int, float]:
-    """(return code, seconds). The job gets its own process group, which a fault or the timer kills whole."""
+           timeout: float = 900, server=None) -> tuple[int, float]:
+    """(return code, seconds). The job gets its own process group, which a fault or the timer kills whole.
+    With `server` (lmm.train.forkserver.Preimported) the job is forked from a process that imported
+    the training stack once, instead of a new interpreter importing it again."""
     env = {**env, **({"LMM_FAULT": fault} if fault else {})}
     start = time.perf_counter()
     with log.open("a") as out:
         out.write(f"\n=== {' '.join(cmd[3:6])} ... fault={fault} kill_after={kill_after}\n")
-        out.flush()
+    wait = kill_after if kill_after is not None else timeout
+    if server is not None:
+        run = server.start(cmd[2], cmd[3:], env, log)
+        rc = run.wait(wait)
+        run.kill()  # the timer's kill, or whatever a finished job left running
+        if rc is None and kill_after is None:
+            raise TimeoutError(f"the job ran over {timeout} s; see {log}")
+        return run.wait(), time.perf_counter() - start
+    with log.open("a") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=kill_after if kill_after is not None else timeout)
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             if kill_after is None:
                 raise
@@ -125,8 +135,13 @@ def compare(reference: Path, drill: Path) -> dict:
 
 
 def drill(strategy: str, plan: list[str], seed: int, out: Path, data_dir: Path, extra: list[str],
-          n_records: int = 64) -> dict:
+          n_records: int = 64, preimported: bool = True) -> dict:
     rng = random.Random(seed)
+    server = None
+    if preimported:
+        from lmm.train.forkserver import Preimported
+
+        server = Preimported()
     out.mkdir(parents=True, exist_ok=True)
     files = drill_data(data_dir / "easyvqa", out / "data", n_records, n_records)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if strategy != "auto" else ""),
@@ -135,7 +150,7 @@ def drill(strategy: str, plan: list[str], seed: int, out: Path, data_dir: Path, 
     env.pop("LMM_FAULT", None)
     log = out / f"drill_{strategy}.log"
     reference, run = out / f"reference_{strategy}", out / f"drill_{strategy}"
-    rc, ref_seconds = launch(job_command(strategy, data_dir, files, reference, extra), env, log)
+    rc, ref_seconds = launch(job_command(strategy, data_dir, files, reference, extra), env, log, server=server)
     if rc != 0:
         raise SystemExit(f"the reference run failed (rc {rc}); see {log}")
     cmd = job_command(strategy, data_dir, files, run, [*extra, "resume=true"])
@@ -145,9 +160,9 @@ def drill(strategy: str, plan: list[str], seed: int, out: Path, data_dir: Path, 
         if kind not in KINDS:
             raise SystemExit(f"unknown fault {kind!r}; valid: {', '.join(KINDS)}")
         if kind == "timed":
-            rc, _ = launch(cmd, env, log, kill_after=rng.uniform(0.1, 1.0) * ref_seconds)
+            rc, _ = launch(cmd, env, log, kill_after=rng.uniform(0.1, 1.0) * ref_seconds, server=server)
         else:
-            rc, _ = launch(cmd, env, log, fault=f"{kind}:{rng.randint(*OCCURRENCE[kind])}")
+            rc, _ = launch(cmd, env, log, fault=f"{kind}:{rng.randint(*OCCURRENCE[kind])}", server=server)
         runs += 1
         if rc == 0:  # the fault came too late: the job finished before reaching it
             completed = True
@@ -155,7 +170,7 @@ def drill(strategy: str, plan: list[str], seed: int, out: Path, data_dir: Path, 
         fired += 1
         fired_by[kind] = fired_by.get(kind, 0) + 1
     if not completed:
-        rc, _ = launch(cmd, env, log)
+        rc, _ = launch(cmd, env, log, server=server)
         runs += 1
         if rc != 0:
             raise SystemExit(f"the final resumed run failed (rc {rc}); see {log}")
@@ -192,12 +207,16 @@ def main(argv=None) -> int:
     parser.add_argument("--records", type=int, default=64, help="records of each stage's data slice")
     parser.add_argument("--out", type=Path, default=Path("outputs/kill_drill"))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LMM_DATA_DIR", "data")))
+    parser.add_argument("--fresh-interpreters", action="store_true",
+                        help="start every run as a new `python -m lmm.train` (default: forked from a process "
+                             "that imported the training stack once)")
     parser.add_argument("extra", nargs="*", help="more overrides of the job, after --")
     args = parser.parse_args(argv)
     from lmm.data.easyvqa import prepare
 
     prepare(args.data_dir / "easyvqa")
-    rows = [drill(s, args.plan.split(","), args.seed, args.out / s, args.data_dir.resolve(), args.extra, args.records)
+    rows = [drill(s, args.plan.split(","), args.seed, args.out / s, args.data_dir.resolve(), args.extra, args.records,
+                  not args.fresh_interpreters)
             for s in args.strategy or ["auto"]]
     print(table(rows))
     (args.out / "drill.json").write_text(json.dumps(rows, indent=1))
