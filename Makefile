@@ -43,10 +43,8 @@ LMMS_EVAL := lmms-eval==0.7.3   # its task utilities: the lmms_eval scoring conv
 # line puts .venv's packages after its own), so only what differs is installed (about a minute).
 EXTRA_VENV ?= .venv-lmms-eval
 EXTRA_BIN := $(EXTRA_VENV)/bin
-# what that environment changes: lmms-eval's evaluator, W&B 0.25, litdata with pyarrow importable
-EXTRA_TESTS := tests/test_lmms_eval_plugin.py tests/test_litdata_source.py tests/test_wandb.py \
-	tests/test_evaluate_cli.py::test_wandb_gets_the_metrics_and_the_table \
-	tests/test_secrets.py::test_a_key_from_a_config_file_reaches_no_run_artifact
+# the tests that run in it: tests/lmms_eval_env.txt
+EXTRA_TESTS = $(shell grep -v '^\#' tests/lmms_eval_env.txt)
 
 .PHONY: setup setup-core setup-lmms-eval demo test test-fast test-lmms-eval
 setup: $(BIN)/.installed
@@ -81,11 +79,11 @@ $(EXTRA_BIN)/.installed: $(BIN)/.installed
 	$(EXTRA_BIN)/pip install -q -e ".[lmms-eval]"
 	touch $@
 
-# The whole suite, then the lmms-eval step; both print their 15 slowest tests (README, Tests: the
-# budget, and how to find where the time went when it grows).
+# The whole suite, the tests of the lmms-eval environment included (tests/test_lmms_eval_environment.py
+# runs them in .venv-lmms-eval as one test, beside the others); it prints the 15 slowest tests
+# (README, Tests: the budget, and how to find where the time went when it grows).
 test: setup setup-lmms-eval
-	$(BIN)/python -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-lmms-eval
+	LMM_TEST_EXTRAS_ENV=1 $(BIN)/python -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
 
 # While changing code: every module's unit tests on tiny models, without the end-to-end runs (`slow`).
 test-fast: setup

@@ -42,6 +42,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=cost)  # stable: tests of equal cost keep their file order
 
 
+_SUMMARIES: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """A test's `record_property("summary", text)`, kept for the end of the run (with pytest-xdist,
+    the report comes from the worker to this process)."""
+    if report.when == "call":
+        _SUMMARIES.extend(value for key, value in report.user_properties if key == "summary")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for text in _SUMMARIES:
+        terminalreporter.section("summary of a run inside a test", sep="-")
+        terminalreporter.write_line(text)
+
+
 def needs(module: str):
     """pytest.importorskip, except in the [lmms-eval] extra's environment (`make test-lmms-eval`), where
     a missing module fails the test: that step exists to run these tests."""
