@@ -15,9 +15,15 @@ from lmm.secrets import check_overrides
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from lmm.eval.cli import run  # the model stack loads once the arguments and the config are known good
+    import torch
 
-    run(cfg)
+    from lmm.eval.cli import run  # the model stack loads once the arguments and the config are known good
+    from lmm.train.launch import ranks_to_fork, run_on_local_ranks
+
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    run_on_local_ranks(lambda: run(cfg), ranks_to_fork(cfg.devices, accelerator, enabled=cfg.get("fork_ranks", True)))
 
 
 if __name__ == "__main__":

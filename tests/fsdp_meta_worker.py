@@ -1,5 +1,6 @@
 """Run by tests/test_meta_init.py as `python tests/fsdp_meta_worker.py <spec.json> <out dir>`:
-Lightning starts the second process itself. Builds an LMMTrainModule on the meta device, lets
+the second process is forked from the first after the imports, as `python -m lmm.train` does
+on the CPU (lmm/train/launch.py). Builds an LMMTrainModule on the meta device, lets
 FSDP2 (2 CPU ranks, gloo) shard it and fill it from rank 0's files in configure_model, then
 writes what every rank ends up with: the gathered full weights and the logits of a fixed batch."""
 import json
@@ -63,4 +64,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from lmm.train.launch import ranks_to_fork, run_on_local_ranks
+
+    run_on_local_ranks(main, ranks_to_fork(2, "cpu"))

@@ -15,6 +15,12 @@ from lmm.train.launch import fork_count
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """As in a command's process before its rank launch (this test process may run threads of other tests)."""
+    monkeypatch.setattr("lmm.train.launch.threading.active_count", lambda: 1)
+
+
 def cfg(**over):
     c = OmegaConf.create({"fork_ranks": True, "trainer": {"accelerator": "cpu", "devices": 2, "num_nodes": 1},
                           "strategy": {"lightning": "ddp"}})
@@ -44,6 +50,12 @@ def test_other_jobs_leave_the_launch_to_lightning(monkeypatch, over):
     assert fork_count(cfg(**over)) == 0
 
 
+def test_a_process_running_threads_forks_nothing(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr("lmm.train.launch.threading.active_count", lambda: 2)  # a fork copies only this thread
+    assert fork_count(cfg()) == 0
+
+
 def test_a_rank_started_by_a_launcher_forks_nothing(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")  # torchrun, SLURM, or Lightning's launcher started this one
     assert fork_count(cfg()) == 0
@@ -61,7 +73,7 @@ SCRIPT = textwrap.dedent("""
         print(f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
 
     ranks = LocalRanks()
-    ranks.start(2, job, sys.argv[2])
+    ranks.start(2, job)
     if mode == "rank_fails":
         time.sleep(60)  # rank 0 in a collective that never completes: the watcher must stop the job
     else:

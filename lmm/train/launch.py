@@ -34,16 +34,16 @@ _PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 60   # after a rank failed: how long rank 0 has to stop on SIGTERM before it is killed
 
 
-def fork_count(cfg) -> int:
+def ranks_to_fork(devices, accelerator: str, num_nodes: int = 1, strategy="ddp", enabled: bool = True) -> int:
     """How many ranks this process should fork (0: leave the launch to Lightning). Only a CPU job on
-    one node, with an integer device count above one, started by nobody else (no LOCAL_RANK), under
-    a strategy that Lightning runs through its script launcher (auto, ddp, or a config)."""
-    if not cfg.get("fork_ranks") or sys.platform != "linux" or "LOCAL_RANK" in os.environ:
+    one node, with a device count above one, started by nobody else (no LOCAL_RANK), under a
+    strategy that Lightning runs through its script launcher (auto, ddp, or a strategy config)."""
+    if not enabled or sys.platform != "linux" or "LOCAL_RANK" in os.environ:
         return 0
-    trainer, strategy = cfg.trainer, cfg.strategy.lightning
-    devices = trainer.get("devices")
-    if trainer.get("accelerator") != "cpu" or trainer.get("num_nodes", 1) != 1:
+    if accelerator != "cpu" or num_nodes != 1:
         return 0
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
     if not isinstance(devices, int) or devices < 2:
         return 0
     if isinstance(strategy, str) and strategy not in ("auto", "ddp"):
@@ -53,6 +53,13 @@ def fork_count(cfg) -> int:
                     threading.active_count())
         return 0
     return devices - 1
+
+
+def fork_count(cfg) -> int:
+    """`ranks_to_fork` for a training config (conf/train.yaml: trainer, strategy, fork_ranks)."""
+    trainer = cfg.trainer
+    return ranks_to_fork(trainer.get("devices"), trainer.get("accelerator"), trainer.get("num_nodes", 1),
+                         cfg.strategy.lightning, bool(cfg.get("fork_ranks")))
 
 
 def _free_port() -> int:
@@ -71,7 +78,7 @@ class LocalRanks:
         self._done = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def start(self, n_forked: int, job, output_dir: str | Path) -> None:
+    def start(self, n_forked: int, job) -> None:
         world = n_forked + 1
         os.environ.update({"MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
                            "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port())),
@@ -81,7 +88,7 @@ class LocalRanks:
         for rank in range(1, world):
             pid = os.fork()
             if pid == 0:
-                _run_rank(rank, job, Path(output_dir))  # never returns
+                _run_rank(rank, job)  # never returns
             self.pids[rank] = pid
         self._watcher = threading.Thread(target=self._watch, name="local-rank-watcher", daemon=True)
         self._watcher.start()
@@ -126,7 +133,7 @@ class LocalRanks:
                                "train_ddp_process_<rank>.log in the run folder")
 
 
-def _run_rank(rank: int, job, output_dir: Path) -> None:
+def _run_rank(rank: int, job) -> None:
     code = 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -137,7 +144,7 @@ def _run_rank(rank: int, job, output_dir: Path) -> None:
         # Lightning read the rank from the environment when it was imported, before this fork
         from lightning_utilities.core.rank_zero import rank_zero_only
         rank_zero_only.rank = rank
-        _log_to(output_dir / f"train_ddp_process_{rank}.log")
+        _log_to(f"train_ddp_process_{rank}.log")
         job()
         code = 0
     except BaseException:  # noqa: BLE001 - reported, then the process's exit status says it failed
@@ -149,15 +156,16 @@ def _run_rank(rank: int, job, output_dir: Path) -> None:
         os._exit(code)
 
 
-def _log_to(path: Path) -> None:
-    """The run's log file handlers, pointed at this rank's own file (Lightning's launcher names a
+def _log_to(name: str) -> None:
+    """The job's log files, renamed for this rank in their folders (Lightning's launcher names a
     started rank's Hydra job `train_ddp_process_<rank>`, and Hydra names its log after the job)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
-            new = logging.FileHandler(path, mode=handler.mode, encoding=handler.encoding)
+            new = logging.FileHandler(Path(handler.baseFilename).with_name(name), mode=handler.mode,
+                                      encoding=handler.encoding)
             new.setLevel(handler.level)
             new.setFormatter(handler.formatter)
             for f in handler.filters:
@@ -165,20 +173,26 @@ def _log_to(path: Path) -> None:
             root.addHandler(new)
 
 
-def run_job(cfg, train) -> dict:
-    """`train(cfg)` on every local rank: ranks 1.. forked here when `fork_count` allows, else left
-    to Lightning. Returns rank 0's result."""
-    n = fork_count(cfg)
-    if not n:
-        return train(cfg)
+def run_on_local_ranks(job, n_forked: int):
+    """`job()` here as rank 0 and in `n_forked` forked ranks (none: here only, Lightning launches
+    the rest if the job asks for more devices). Returns rank 0's result."""
+    if not n_forked:
+        return job()
     ranks = LocalRanks()
     started = time.perf_counter()
-    ranks.start(n, lambda: train(cfg), cfg.paths.output_dir)
-    log.info("forked local ranks 1-%d (pids %s) in %.2f s", n, list(ranks.pids.values()), time.perf_counter() - started)
+    ranks.start(n_forked, job)
+    log.info("forked local ranks 1-%d (pids %s) in %.2f s", n_forked, list(ranks.pids.values()),
+             time.perf_counter() - started)
     try:
-        out = train(cfg)
+        out = job()
     except BaseException:
         ranks.terminate()
         raise
     ranks.wait()
     return out
+
+
+def run_job(cfg, train) -> dict:
+    """`train(cfg)` on every local rank of a training config: ranks 1.. forked here when
+    `fork_count` allows, else left to Lightning."""
+    return run_on_local_ranks(lambda: train(cfg), fork_count(cfg))
