@@ -28,12 +28,12 @@ def _run(module: str, args: list[str], env: dict, cwd: str, log: str, ready) -> 
     """In the forked process: become a process group of its own, take the run's environment,
     folder and log, then run the module as `python -m` would."""
     os.setsid()
-    ready.send(os.getpid())
-    ready.close()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    ready.send(os.getpid())  # its process group and its log exist
+    ready.close()
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the run's stdout; line-buffered: a kill loses no whole line
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
@@ -87,7 +87,7 @@ class Preimported:
         process.start()
         send.close()
         try:
-            receive.recv()  # its process group exists: a kill from now on reaches every process of the run
+            receive.recv()  # from now on a kill reaches every process of the run, and its log exists
         except EOFError:
             pass  # it died before: wait() tells how
         receive.close()
