@@ -3,13 +3,16 @@ evaluation command must give the same answers for the checkpoint it leaves.
 
 Slow: it trains both stages of the demo in full and scores all 9,673 test questions (and the POPE
 and multiple-choice forms); the evaluation command then answers the first 500 questions of each
-form again. It guards the headline number against regressions anywhere in the stack. The
-assertions are the demo's targets for every seed (seeds 0-4 and their runs:
-experiments/easyvqa_demo/README.md). Alone on the 2-vCPU AMD EPYC machine the demo's job takes
-about 475 s at the default threads (seed 0, 2026-12-08); in `make test` (one pytest-xdist worker per
-core) it runs on one thread beside the other worker's tests, which took it INSUITE. The timeout is
-over 3x that. Then it executes experiments/quickstart.ipynb on the run it made (nbclient; any cell
-error fails the test).
+form again. It guards the headline number against regressions anywhere in the stack. Measured on
+the 2-vCPU AMD EPYC machine: 598 s with the 64 px / 8 px tower of issue 12 (seed 0 at 0.9895);
+with the demo's SFT batches grouped by length (issue 13), the job took 452 s (seed 0 at 0.9872);
+with the lettered turns (issue 15: two SFT conversations per image, 1,885 SFT steps) it takes
+604-619 s alone (seed 0: VQA 0.9923, POPE F1 0.987, MC 0.981; seeds 0-4, every one above the
+targets, in experiments/easyvqa_demo/README.md). The assertions are issue 15's targets for every
+seed. In `make test` (one pytest-xdist worker per core) it runs on one thread beside the other
+worker's tests: 978-1,063 s there (2026-12-07). A slower 2-vCPU EPYC VM once took 1.5x to 2.3x as
+long; the timeout is about 3.4x the 1,063 s. Then it executes experiments/quickstart.ipynb on the
+run it made (nbclient; any cell error fails the test).
 """
 import json
 import re
