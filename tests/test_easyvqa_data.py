@@ -1,14 +1,13 @@
 """The demo's SFT data: the multiple-choice turns ask each image's shape and colour exactly as the
 easy-vqa MC form's prompts do, answered with the letter of the image's own shape or colour; they open
 a conversation of their own (nothing before them names the answer), the image's other conversation
-opens with one of its easy-vqa questions, and `multiple_choice` sets how many rounds there are; the
-redrawn file repeats every conversation `mc_draws` times with fresh options."""
+opens with one of its easy-vqa questions, and `multiple_choice` sets how many rounds there are."""
 import json
 from collections import Counter, defaultdict
 
 import pytest
 
-from lmm.data.easyvqa import COLORS, MC_DRAWS, MC_ROUNDS, SHAPES, image_facts, prepare
+from lmm.data.easyvqa import COLORS, MC_ROUNDS, SHAPES, image_facts, prepare
 from lmm.data.easyvqa_forms import COLOR_QUESTION, SHAPE_QUESTION
 from lmm.eval.benchmark import MULTIPLE_CHOICE
 from lmm.eval.choices import LETTERS
@@ -81,33 +80,6 @@ def test_lettered_turns_open_their_own_conversation_as_the_mc_form_asks_them(dat
     assert set(letters) == set("ABCD") and min(letters.values()) > sum(letters.values()) / 4 * 0.85
 
 
-def test_the_redrawn_file_repeats_every_conversation_with_fresh_options(data_dir):
-    root = data_dir / "easyvqa"
-    draws = compose_config("train", []).data.prepare.mc_draws
-    assert json.loads((root / "manifest.json").read_text())["mc_draws"] == draws == MC_DRAWS > 1
-    sft = json.loads((root / "sft.json").read_text())
-    redrawn = json.loads((root / "sft_redrawn.json").read_text())
-    assert len(redrawn) == draws * len(sft)
-    assert [r for r in redrawn if "-draw" not in r["id"]] == sft   # the first draw is sft.json, in its order
-    by_id = {r["id"]: r for r in sft}
-    orders = defaultdict(set)
-    for record in redrawn:
-        base = by_id[record["id"].split("-draw")[0]]
-        assert record["image"] == base["image"]
-        if not base["id"].endswith("-lettered"):   # only the lettered turns are drawn again
-            assert record["conversations"] == base["conversations"]
-            continue
-        mine, first = mc_turns(record), mc_turns(base)
-        assert len(record["conversations"]) == len(base["conversations"])
-        assert record["conversations"][2 * len(first):] == base["conversations"][2 * len(first):]
-        truth = {q: options[LETTERS.index(letter)] for q, options, letter, _ in first}   # checked in check_rounds
-        for question, options, letter, _ in mine:   # still the image's own shape / colour behind the letter
-            assert options[LETTERS.index(letter)] == truth[question]
-        orders[base["id"]].add(tuple(tuple(t[1]) for t in mine))
-    # fresh options: the colour question alone has 4 of 8 colours in any order
-    assert sum(len(o) == draws for o in orders.values()) > 0.95 * len(orders)
-
-
 @pytest.mark.slow
 def test_rounds_are_counted_recorded_and_rebuilt(tmp_path):
     root = prepare(tmp_path / "easyvqa", multiple_choice=2)
@@ -119,5 +91,3 @@ def test_rounds_are_counted_recorded_and_rebuilt(tmp_path):
     check_rounds(root, 0)   # one conversation per image, no lettered turn
     with pytest.raises(ValueError, match="number of multiple-choice rounds"):
         prepare(root, multiple_choice=-1)
-    with pytest.raises(ValueError, match="mc_draws=0"):
-        prepare(root, mc_draws=0)

@@ -41,11 +41,10 @@ STAGES = ("pretrain", "sft")
 
 
 def drill_data(source: Path, out: Path, n_pretrain: int, n_sft: int) -> dict[str, Path]:
-    """The first records of the files the demo recipe's stages read: the captions and the redrawn
-    conversations (images stay where they are)."""
+    """The first records of the demo's caption and conversation files (images stay where they are)."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for part, n in (("pretrain", n_pretrain), ("sft_redrawn", n_sft)):
+    for part, n in (("pretrain", n_pretrain), ("sft", n_sft)):
         records = json.loads((source / f"{part}.json").read_text())[:n]
         files[part] = out / f"{part}_{n}.json"
         files[part].write_text(json.dumps(records))
@@ -59,8 +58,7 @@ def job_command(strategy: str, data_dir: Path, files: dict[str, Path], run_dir: 
         devices.append("strategy.model.param_dtype=null")  # float32: bitwise comparable
     return [sys.executable, "-m", "lmm.train", *devices, f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
             f"hydra.run.dir={run_dir}", f"data.pretrain.annotations=[{files['pretrain']}]",
-            f"data.sft_redrawn.annotations=[{files['sft_redrawn']}]", f"data.pretrain.image_root={root}",
-            f"data.sft_redrawn.image_root={root}",
+            f"data.sft.annotations=[{files['sft']}]", f"data.pretrain.image_root={root}", f"data.sft.image_root={root}",
             "recipe.stages.pretrain.epochs=2", "recipe.stages.sft.epochs=2",
             "recipe.stages.pretrain.micro_batch_size=8", "recipe.stages.pretrain.global_batch_size=16",
             "recipe.stages.sft.micro_batch_size=8", "recipe.stages.sft.global_batch_size=16",

@@ -5,8 +5,6 @@
     <root>/sft.json                        the train images' questions as multi-turn conversations: an image
                                            whose shape and colour are known has two, the first opening with its
                                            lettered (multiple-choice) turns (see `conversations`)
-    <root>/sft_redrawn.json                each image's conversations mc_draws times, the lettered options drawn
-                                           anew each time after the first (sft.json's): the demo recipe's SFT data
     <root>/eval/                           the test set as VQAv2-, POPE- and MMBench-format files
                                            (lmm.data.easyvqa_forms)
     <root>/tokenizer/                      a byte-level BPE tokenizer trained on this corpus
@@ -28,7 +26,6 @@ from lmm.eval.choices import LETTERS, format_options
 
 VERSION = 6
 MC_ROUNDS = 1   # conf/data/easyvqa.yaml's multiple_choice: what a folder is built with when none is asked for
-MC_DRAWS = 8    # and its mc_draws
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 # Strings every chat template in lmm.data.templates may emit, so the tokenizer learns them too.
@@ -100,28 +97,19 @@ def conversations(questions: list, lettered: list) -> list[tuple[str, list]]:
     return [("-lettered", lettered + questions[:half])] + ([("", questions[half:])] if questions[half:] else [])
 
 
-def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | int | None = None,
-            mc_draws: int | None = None) -> Path:
+def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_choice: bool | int | None = None) -> Path:
     """Build the folder if it is missing, from another version, or built with another
     `multiple_choice` (the number of rounds in which an image's SFT conversations also ask its
     shape and colour as multiple-choice turns, each round with its own options and order; True is 1,
     False 0; None: whatever the folder holds, MC_ROUNDS (the demo's data) when building; the
-    benchmarks pass None: their files are the same either way). `mc_draws`: how many times
-    sft_redrawn.json holds each SFT conversation, each time after the first (sft.json's) with its
-    lettered turns' options drawn again (one epoch over N draws sees fresh options on every pass,
-    where N epochs over sft.json see the same ones; None: whatever the folder holds, MC_DRAWS when
-    building); returns the root."""
+    benchmarks pass None: their files are the same either way); returns the root."""
     root = Path(root)
     manifest = root / "manifest.json"
     if manifest.is_file():
         built = json.loads(manifest.read_text())
-        if built.get("version") == VERSION and multiple_choice in (None, built.get("multiple_choice")) \
-                and mc_draws in (None, built.get("mc_draws")):
+        if built.get("version") == VERSION and multiple_choice in (None, built.get("multiple_choice")):
             return root
     multiple_choice = MC_ROUNDS if multiple_choice is None else int(multiple_choice)
-    mc_draws = MC_DRAWS if mc_draws is None else int(mc_draws)
-    if mc_draws < 1:
-        raise ValueError(f"mc_draws={mc_draws}: give how many times each SFT conversation is written (1 or more)")
     if multiple_choice < 0:
         raise ValueError(f"multiple_choice={multiple_choice}: give the number of multiple-choice rounds per "
                          "conversation (0 or false: none, 1 or true: one)")
@@ -133,8 +121,7 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_cho
         for i, src in paths.items():
             shutil.copyfile(src, root / "images" / split / f"{i}.png")
 
-    pretrain, skipped = [], 0
-    sft, redrawn = [], []   # redrawn: each image's conversations, draw after draw; sft: draw 0
+    pretrain, sft, skipped = [], [], 0
     for i in sorted(train):
         facts = image_facts(train[i])
         image = f"images/train/{i}.png"
@@ -147,30 +134,21 @@ def prepare(root: str | Path, vocab_size: int = 512, seed: int = 0, multiple_cho
             skipped += 1
         questions = list(train[i])
         rng.shuffle(questions)
-        for draw in range(mc_draws):
-            draw_rng = rng if draw == 0 else random.Random(f"{seed}-{i}-{draw}")  # draw 0 as without draws
-            lettered = [t for _ in range(multiple_choice if len(facts) == 2 else 0) for t in mc_turns(facts, draw_rng)]
-            draw_rng.shuffle(lettered)
-            for suffix, pairs in conversations(questions, lettered):
-                turns = []
-                for k, (q, a) in enumerate(pairs):
-                    turns += [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{q}" if k == 0 else q},
-                              {"from": "gpt", "value": a}]
-                record = {"id": f"easyvqa-train-{i}{suffix}" + (f"-draw{draw}" if draw else ""), "image": image,
-                          "conversations": turns}
-                redrawn.append(record)
-                if draw == 0:
-                    sft.append(record)
+        lettered = [t for _ in range(multiple_choice if len(facts) == 2 else 0) for t in mc_turns(facts, rng)]
+        rng.shuffle(lettered)
+        for suffix, pairs in conversations(questions, lettered):
+            turns = []
+            for k, (q, a) in enumerate(pairs):
+                turns += [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]
+            sft.append({"id": f"easyvqa-train-{i}{suffix}", "image": image, "conversations": turns})
 
     forms = write_forms(root, test, image_facts, question_kind, SHAPES, COLORS, seed)
     (root / "pretrain.json").write_text(json.dumps(pretrain))
     (root / "sft.json").write_text(json.dumps(sft))
-    (root / "sft_redrawn.json").write_text(json.dumps(redrawn))
 
     # Answers follow "ASSISTANT:" after a space in the chat templates: learn them with it.
     corpus = [" " * (t["from"] == "gpt") + t["value"] for rec in pretrain + sft for t in rec["conversations"]]
     train_bpe_tokenizer(corpus + TEMPLATE_TEXT * 100, root / "tokenizer", vocab_size=vocab_size)
-    manifest.write_text(json.dumps({"version": VERSION, "multiple_choice": multiple_choice, "mc_draws": mc_draws,
-                                    "pretrain": len(pretrain), "sft": len(sft), "sft_redrawn": len(sft) * mc_draws,
+    manifest.write_text(json.dumps({"version": VERSION, "multiple_choice": multiple_choice, "pretrain": len(pretrain), "sft": len(sft),
                                     "images_without_caption": skipped, "eval": forms}, indent=2))
     return root

@@ -194,8 +194,6 @@ def fit_stage(cfg: DictConfig, name: str, run_dir: Path, info: dict):
     loader = to_plain(cfg.data.loader)
     if stage.get("micro_batch_size"):  # a stage may batch differently (short caption samples fit more)
         loader["micro_batch_size"] = stage.micro_batch_size
-    if stage.epochs == 1:  # the sample cache serves the second epoch on: one epoch would only fill it
-        loader["cache"] = False
     datamodule = LlavaDataModule(**cfg.data[stage.data], **loader, seed=cfg.seed)  # data built once, in train()
     datamodule.attach(module.model, stage_template(stage.prompt, module.model.template,
                                                    stage.get("caption_eos", False)))
