@@ -10,19 +10,16 @@ from omegaconf import DictConfig
 
 from lmm.eval.benchmark_args import check_benchmark_choices
 from lmm.secrets import check_overrides
+from lmm.train.launch import LAUNCH_ENV, run_job  # standard library only: no heavy import
 
 # torch, Lightning and lmm.train.run load inside the functions below (about 10 s on 2 cores): a refused
 # argument, a config typo or an unknown choice is reported before that, in about a second.
 
-# What Lightning's process launcher (and lmm.train.launch) leaves in the launching process's environment.
-LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def _run_multirun_job(cfg: DictConfig, train) -> dict:
     """One cell of a local multirun, left so that the next cell can start its own processes."""
     import torch
-
-    from lmm.train.launch import run_job
 
     # Lightning starts the other ranks of a multi-device job by re-running this command line, which
     # here would be the whole sweep: their command is this cell alone.
@@ -44,7 +41,6 @@ def _run_multirun_job(cfg: DictConfig, train) -> dict:
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from lmm.train.launch import run_job
     from lmm.train.run import train
 
     if cfg.threads:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# What a rank launch (Lightning's or this module's) leaves in the launching process's environment.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 60   # after a rank failed: how long rank 0 has to stop on SIGTERM before it is killed
