@@ -70,7 +70,8 @@ SCRIPT = textwrap.dedent("""
         rank = int(os.environ["LOCAL_RANK"])
         if mode == "rank_fails":
             raise ValueError(f"rank {rank} failed")
-        print(f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
+        # one write per line: the ranks share this pipe
+        os.write(1, f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}\\n".encode())
 
     ranks = LocalRanks()
     ranks.start(2, job)
